@@ -1,0 +1,3 @@
+from hemoseg.cli.main import main
+
+raise SystemExit(main())

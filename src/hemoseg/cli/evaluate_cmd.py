@@ -1,0 +1,12 @@
+"""`hemoseg evaluate` (not yet implemented)."""
+
+from hemoseg.errors import HemosegError
+
+
+def register(sub):
+    p = sub.add_parser("evaluate", help="(not yet implemented)")
+    p.set_defaults(func=_run)
+
+
+def _run(args):
+    raise HemosegError("'evaluate' is not implemented yet")

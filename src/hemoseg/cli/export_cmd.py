@@ -1,0 +1,12 @@
+"""`hemoseg export` (not yet implemented)."""
+
+from hemoseg.errors import HemosegError
+
+
+def register(sub):
+    p = sub.add_parser("export", help="(not yet implemented)")
+    p.set_defaults(func=_run)
+
+
+def _run(args):
+    raise HemosegError("'export' is not implemented yet")

@@ -1,0 +1,48 @@
+"""The `hemoseg` command. Each subcommand lives in its own module exposing
+`register(subparsers)`; the module list below is the whole command surface."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from hemoseg import RESEARCH_NOTICE, __version__
+from hemoseg.errors import HemosegError
+
+COMMANDS = ["synth", "data", "train", "evaluate", "predict", "export", "serve"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hemoseg",
+        description="Segment and measure intracranial hemorrhage on head CT. " + RESEARCH_NOTICE,
+    )
+    parser.add_argument("--version", action="version", version=f"hemoseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"hemoseg.cli.{name}_cmd").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except HemosegError as exc:
+        print(f"hemoseg: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("hemoseg: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("hemoseg: error: out of memory", file=sys.stderr)
+        return 2
+    except Exception as exc:  # last resort: one line, full trace only on request
+        if os.environ.get("HEMOSEG_DEBUG"):
+            raise
+        print(f"hemoseg: internal error: {type(exc).__name__}: {' '.join(str(exc).split())} "
+              "(set HEMOSEG_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 3

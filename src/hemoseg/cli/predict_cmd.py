@@ -1,0 +1,12 @@
+"""`hemoseg predict` (not yet implemented)."""
+
+from hemoseg.errors import HemosegError
+
+
+def register(sub):
+    p = sub.add_parser("predict", help="(not yet implemented)")
+    p.set_defaults(func=_run)
+
+
+def _run(args):
+    raise HemosegError("'predict' is not implemented yet")

@@ -1,0 +1,12 @@
+"""`hemoseg serve` (not yet implemented)."""
+
+from hemoseg.errors import HemosegError
+
+
+def register(sub):
+    p = sub.add_parser("serve", help="(not yet implemented)")
+    p.set_defaults(func=_run)
+
+
+def _run(args):
+    raise HemosegError("'serve' is not implemented yet")

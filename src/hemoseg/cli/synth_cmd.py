@@ -1,0 +1,12 @@
+"""`hemoseg synth` (not yet implemented)."""
+
+from hemoseg.errors import HemosegError
+
+
+def register(sub):
+    p = sub.add_parser("synth", help="(not yet implemented)")
+    p.set_defaults(func=_run)
+
+
+def _run(args):
+    raise HemosegError("'synth' is not implemented yet")

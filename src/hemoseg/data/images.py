@@ -1,0 +1,47 @@
+"""Decoding 2-D image files into the 8-bit grayscale the model is trained on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from hemoseg.errors import HemosegError
+
+
+def load_gray_uint8(path: str | Path) -> np.ndarray:
+    """Read a PNG/JPEG as (H, W) uint8, honouring EXIF orientation.
+
+    RGB is converted to luminance (Roboflow stores grayscale CT as RGB).
+    16-bit images are scaled linearly from the full 0..65535 range so that the
+    same file always maps to the same values, independent of its contents.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im, dtype=np.float64)
+                return np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
+            if im.mode == "F":
+                arr = np.asarray(im, dtype=np.float32)
+                return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+            if im.mode != "L":
+                im = im.convert("L")
+            return np.asarray(im, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise HemosegError("image file not found", path) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise HemosegError(f"cannot decode image ({' '.join(str(exc).split())[:120]})", path) from None
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) after EXIF orientation, without decoding pixels."""
+    with Image.open(path) as im:
+        w, h = im.size
+        orientation = im.getexif().get(0x0112, 1)
+    if orientation in (5, 6, 7, 8):
+        w, h = h, w
+    return h, w
