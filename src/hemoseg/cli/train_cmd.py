@@ -1,12 +1,94 @@
-"""`hemoseg train` (not yet implemented)."""
+"""`hemoseg train DATASET --out RUN`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 from hemoseg.errors import HemosegError
+from hemoseg.models.config import SIZES
 
 
-def register(sub):
-    p = sub.add_parser("train", help="(not yet implemented)")
-    p.set_defaults(func=_run)
+def register(sub) -> None:
+    from hemoseg.training.config import PRESETS
+
+    p = sub.add_parser("train", help="train an Attention U-Net on a COCO export",
+                       description="Train on a Roboflow COCO export. Selects the best epoch by validation "
+                                   "Dice; never looks at the test split. Multi-GPU: run under torchrun or use --gpus.")
+    p.add_argument("dataset", nargs="?", help="dataset folder (train/valid/test) or COCO JSON; optional with --resume")
+    p.add_argument("--out", type=Path, help="run folder to create")
+    p.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted run from its last epoch")
+    p.add_argument("--force", action="store_true", help="overwrite an existing run folder")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    p.add_argument("--mode", choices=["binary", "multiclass", "multilabel"])
+    p.add_argument("--model-size", choices=sorted(SIZES), help="width preset: " +
+                   ", ".join(f"{k}={v}" for k, v in SIZES.items()))
+    p.add_argument("--width", type=int)
+    p.add_argument("--no-attention", dest="attention", action="store_const", const=False,
+                   help="plain U-Net baseline (same network, gates off)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--steps-per-epoch", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--size", type=int, help="input side length (default 256)")
+    p.add_argument("--max-minutes", type=float, help="wall-clock budget; the LR schedule anneals to fit it")
+    p.add_argument("--patience", type=int, help="early stopping patience in epochs")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--workers", type=int, help="data loader worker processes")
+    p.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--gpus", type=int, help="launch N processes with torchrun (DistributedDataParallel)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run)
 
 
-def _run(args):
-    raise HemosegError("'train' is not implemented yet")
+def run(args: argparse.Namespace) -> int:
+    from hemoseg.training.config import PRESETS
+    from hemoseg.training.trainer import Trainer
+
+    if args.gpus and args.gpus > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch_torchrun(args.gpus)
+    if args.resume:
+        out = args.resume
+        dataset = args.dataset
+        if dataset is None:
+            from hemoseg.training.checkpoint import load_checkpoint
+            dataset = load_checkpoint(out / "last.safetensors").meta["data_summary"]["dataset"]
+    else:
+        if not args.dataset or not args.out:
+            raise HemosegError("give a DATASET and --out RUN (or --resume RUN)")
+        out, dataset = args.out, args.dataset
+    width = args.width or (SIZES[args.model_size] if args.model_size else None)
+    cfg = PRESETS[args.preset].override(
+        mode=args.mode, width=width, attention=args.attention, epochs=args.epochs, batch_size=args.batch_size,
+        steps_per_epoch=args.steps_per_epoch, lr=args.lr, size=args.size, max_minutes=args.max_minutes,
+        patience=args.patience, seed=args.seed, workers=args.workers, compile=args.compile)
+    summary = Trainer(dataset, out, cfg, resume=bool(args.resume), force=args.force, device=args.device,
+                      quiet=args.quiet).run()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"best validation Dice {summary['best_val_dice']:.4f} at epoch {summary['best_epoch']} "
+              f"({summary['train_seconds']:.0f} s); run folder: {out}")
+    return 0
+
+
+def _launch_torchrun(n: int) -> int:
+    """Re-run this exact command under torchrun with N processes on this node."""
+    cleaned, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a == "--gpus":
+            skip = True
+            continue
+        if a.startswith("--gpus="):
+            continue
+        cleaned.append(a)
+    torchrun = shutil.which("torchrun") or None
+    cmd = ([torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"])
+    cmd += ["--standalone", f"--nproc_per_node={n}", "-m", "hemoseg", *cleaned]
+    return subprocess.call(cmd)

@@ -93,9 +93,13 @@ class SegmentationDataset(TorchDataset):
     def __len__(self) -> int:
         return len(self.cache)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key):
+        """key: an index, or (index, augmentation seed) for reproducible augmentation."""
+        i, seed = key if isinstance(key, tuple) else (key, None)
         img, tgt = self.cache.images[i], self.cache.targets[i]
         if self.augment is not None:
+            if seed is not None:
+                self.augment.set_random_seed(seed)
             if tgt.ndim == 3:  # channels-last for albumentations
                 out = self.augment(image=img, mask=np.ascontiguousarray(tgt.transpose(1, 2, 0)))
                 img, tgt = out["image"], out["mask"].transpose(2, 0, 1)

@@ -1,0 +1,21 @@
+"""From logits to probabilities and label maps; one rule for every consumer."""
+
+from __future__ import annotations
+
+import torch
+
+
+def probabilities(logits: torch.Tensor, mode: str) -> torch.Tensor:
+    return logits.softmax(1) if mode == "multiclass" else torch.sigmoid(logits)
+
+
+def labels_from_probabilities(probs: torch.Tensor, mode: str, threshold: float = 0.5) -> torch.Tensor:
+    """(B,C,H,W) probabilities -> (B,H,W) uint8 label map (0 = background).
+
+    multilabel: a pixel gets the most probable class among those above the
+    threshold, so every output format (PNG, NIfTI, SEG) can be one label map.
+    """
+    if mode == "multiclass":
+        return probs.argmax(1).to(torch.uint8)
+    best, idx = probs.max(1)
+    return torch.where(best > threshold, idx + 1, torch.zeros_like(idx)).to(torch.uint8)

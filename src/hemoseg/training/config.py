@@ -1,0 +1,56 @@
+"""Training recipes. A preset is a complete TrainConfig; CLI flags override fields."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    mode: str = "multiclass"            # binary | multiclass | multilabel
+    size: int = 256
+    width: int = 16
+    depth: int = 5
+    attention: bool = True
+    epochs: int = 60
+    batch_size: int = 16
+    steps_per_epoch: int | None = None  # None: one pass over the data
+    optimizer: str = "adamw"            # adam | adamw
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"            # constant | cosine
+    warmup: float = 0.05                # fraction of training spent warming up
+    loss: str = "ce_dice"               # bce_dice | ce_dice
+    class_weighting: bool = False       # inverse-sqrt pixel frequency in CE
+    foreground_fraction: float = 0.5    # share of samples drawn from images with lesions (None-like: 0 = plain shuffle)
+    augmentation: str = "default"       # none | paper | default
+    patience: int | None = None         # early stopping, in epochs without val improvement
+    max_minutes: float | None = None    # wall-clock budget; the LR schedule anneals to it
+    seed: int = 0
+    workers: int = 0
+    compile: bool = False
+    amp: bool = True                    # bf16 autocast + channels_last on CUDA only
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+    def override(self, **changes) -> "TrainConfig":
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+PRESETS: dict[str, TrainConfig] = {
+    # The study, exactly: binary, paper width, Adam 1e-4 for 20 epochs, BCE+Dice,
+    # its augmentations, plain shuffling, best epoch by validation Dice.
+    "paper": TrainConfig(
+        mode="binary", size=256, width=64, epochs=20, batch_size=8, optimizer="adam", lr=1e-4,
+        weight_decay=0.0, schedule="constant", warmup=0.0, loss="bce_dice", foreground_fraction=0.0,
+        augmentation="paper",
+    ),
+    # Our recipe, chosen by validation experiments (docs/recipe.md).
+    "default": TrainConfig(),
+}

@@ -1,0 +1,47 @@
+"""Cross-entropy/BCE + soft Dice.
+
+Dice is computed per image and class, then averaged, so the loss is a plain
+mean over samples: gradients of a data-parallel run equal those of one
+process with the same global batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def soft_dice_loss(probs: torch.Tensor, onehot: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    dims = (2, 3)
+    inter = (probs * onehot).sum(dims)
+    denom = probs.sum(dims) + onehot.sum(dims)
+    return 1.0 - ((2 * inter + smooth) / (denom + smooth)).mean()
+
+
+class SegmentationLoss(nn.Module):
+    def __init__(self, mode: str, num_classes: int, class_weights: torch.Tensor | None = None):
+        super().__init__()
+        self.mode, self.num_classes = mode, num_classes
+        self.register_buffer("class_weights", class_weights if class_weights is not None else torch.empty(0))
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        if self.mode == "multiclass":
+            w = self.class_weights if self.class_weights.numel() else None
+            ce = F.cross_entropy(logits, target, weight=w)
+            probs = logits.softmax(1)[:, 1:]
+            onehot = F.one_hot(target, self.num_classes + 1).permute(0, 3, 1, 2)[:, 1:].to(probs.dtype)
+            return ce + soft_dice_loss(probs, onehot)
+        bce = F.binary_cross_entropy_with_logits(logits, target)
+        return bce + soft_dice_loss(torch.sigmoid(logits), target)
+
+
+def inverse_frequency_weights(pixel_counts, total_pixels: int) -> torch.Tensor:
+    """CE weights for background + classes: (freq)^-1/2, normalised to mean 1.
+    The square root tempers the weights so rare classes do not explode."""
+    counts = torch.as_tensor(list(pixel_counts), dtype=torch.float64)
+    bg = max(total_pixels - counts.sum().item(), 1.0)
+    freq = torch.cat([torch.tensor([bg]), counts.clamp(min=1)]) / total_pixels
+    w = freq.rsqrt()
+    return (w / w.mean()).float()

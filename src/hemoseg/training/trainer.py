@@ -1,0 +1,293 @@
+"""The training loop: one code path for CPU, one GPU and torchrun multi-GPU."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from hemoseg import __version__
+from hemoseg.data.augment import build_augmentation
+from hemoseg.data.dataset import SegmentationDataset
+from hemoseg.data.preprocessing import Preprocessing
+from hemoseg.data.rasterize import num_outputs
+from hemoseg.evaluation.metrics import confusion, summarize, to_onehot
+from hemoseg.models.attention_unet import build_model, count_parameters
+from hemoseg.models.config import ModelConfig
+from hemoseg.training import run_dir
+from hemoseg.training.checkpoint import load_checkpoint, save_checkpoint
+from hemoseg.training.config import TrainConfig
+from hemoseg.training.curves import plot_curves
+from hemoseg.training.data_setup import prepare_training_data
+from hemoseg.training.distributed import DistContext, init_from_env, shutdown
+from hemoseg.training.losses import SegmentationLoss, inverse_frequency_weights
+from hemoseg.training.sampling import EpochSampler
+
+HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_dice", "val_loss", "val_dice", "epoch_seconds",
+                  "data_seconds", "images_per_second"]
+
+
+def lr_factor(progress: float, cfg: TrainConfig) -> float:
+    """LR multiplier at a training progress in [0, 1]: linear warm-up, then cosine to 1%."""
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.warmup > 0 and progress < cfg.warmup:
+        return max(progress / cfg.warmup, 0.01)
+    t = (progress - cfg.warmup) / max(1 - cfg.warmup, 1e-8)
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def select_device(name: str | None) -> torch.device:
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    out = {}
+    for idx, state in opt.state_dict()["state"].items():
+        for k, v in state.items():
+            out[f"optim.{idx}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    return out
+
+
+def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    sd = opt.state_dict()
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+class Trainer:
+    def __init__(self, dataset, out: Path, cfg: TrainConfig, resume: bool = False, force: bool = False,
+                 device: str | None = None, quiet: bool = False):
+        self.ctx: DistContext = init_from_env()
+        self.cfg, self.quiet = cfg, quiet or not self.ctx.is_main
+        self.out = Path(out)
+        if self.ctx.is_main:
+            run_dir.prepare(self.out, resume, force)
+        self.ctx.barrier()
+        self.resume_from = None
+        if resume:
+            ckpt, extra = load_checkpoint(self.out / run_dir.LAST, with_extra=True)
+            saved = TrainConfig.from_dict(ckpt.meta["train_config"])
+            self.cfg = saved.override(epochs=cfg.epochs if cfg.epochs != saved.epochs else None)
+            self.resume_from = (ckpt, extra)
+        self.device = select_device(device)
+        if self.ctx.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.ctx.local_rank)
+        torch.manual_seed(self.cfg.seed)
+        self.dataset_path = dataset
+
+    def log(self, msg: str) -> None:
+        if self.ctx.is_main:
+            if not self.quiet:
+                tqdm.write(msg)
+            with open(self.out / run_dir.LOG, "a") as f:
+                f.write(msg + "\n")
+
+    # ------------------------------------------------------------------
+    def run(self) -> dict:
+        try:
+            return self._run()
+        finally:
+            shutdown(self.ctx)
+
+    def _run(self) -> dict:
+        cfg, ctx, dev = self.cfg, self.ctx, self.device
+        data = prepare_training_data(self.dataset_path, cfg.mode, cfg.size, cfg.seed, self.log)
+        self.classes = data.classes
+        k = len(data.classes)
+        pix = data.train.images.astype(np.float32) / 255.0
+        prep = (self.resume_from[0].preprocessing if self.resume_from else
+                Preprocessing(size=cfg.size, mean=round(float(pix.mean()), 6), std=round(float(pix.std()) or 1.0, 6)))
+        del pix
+        mcfg = ModelConfig(in_channels=1, out_channels=num_outputs(cfg.mode, k), width=cfg.width,
+                           depth=cfg.depth, attention=cfg.attention)
+        if cfg.size % 2 ** (cfg.depth - 1):
+            from hemoseg.errors import HemosegError
+            raise HemosegError(f"--size {cfg.size} must be a multiple of {2 ** (cfg.depth - 1)} for depth {cfg.depth}")
+        model = build_model(mcfg)
+        self.log(f"hemoseg {__version__} | {cfg.mode} | classes: {', '.join(data.classes.names)} | "
+                 f"model width {cfg.width} depth {cfg.depth} attention={cfg.attention}: "
+                 f"{count_parameters(model) / 1e6:.2f} M parameters | device {dev} x{ctx.world}")
+
+        use_amp = cfg.amp and dev.type == "cuda"
+        if ctx.enabled:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model.to(dev)
+        if use_amp:
+            model = model.to(memory_format=torch.channels_last)
+        weights = None
+        if cfg.class_weighting and cfg.mode == "multiclass":
+            weights = inverse_frequency_weights(data.train.class_pixel_counts(k), data.train.targets.size)
+        loss_fn = SegmentationLoss(cfg.mode, k, weights).to(dev)
+        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        opt = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+        start_epoch, history, best, elapsed0 = 1, [], -1.0, 0.0
+        if self.resume_from:
+            ckpt, extra = self.resume_from
+            model.load_state_dict(ckpt.model_state)
+            _restore_optimizer(opt, extra)
+            start_epoch = ckpt.meta["epoch"] + 1
+            history = ckpt.meta["history"]
+            best = ckpt.meta["best_val_dice"]
+            elapsed0 = ckpt.meta["elapsed_seconds"]
+            self.log(f"resuming after epoch {ckpt.meta['epoch']} (best val Dice {best:.4f})")
+
+        net = model
+        if ctx.enabled:
+            net = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        fwd = torch.compile(net) if cfg.compile else net
+
+        sampler = EpochSampler(data.train.has_lesion(), cfg.batch_size, cfg.steps_per_epoch,
+                               cfg.foreground_fraction, cfg.seed, ctx.rank, ctx.world)
+        train_ds = SegmentationDataset(data.train, prep, build_augmentation(cfg.augmentation, cfg.seed))
+        loader_kw = dict(num_workers=cfg.workers, pin_memory=dev.type == "cuda",
+                         persistent_workers=cfg.workers > 0)
+        loader = DataLoader(train_ds, batch_sampler=sampler, **loader_kw)
+        val_ds = SegmentationDataset(data.valid, prep, None)
+        val_idx = list(range(ctx.rank, len(val_ds), ctx.world))
+        val_loader = DataLoader(torch.utils.data.Subset(val_ds, val_idx), batch_size=max(cfg.batch_size // ctx.world, 1),
+                                shuffle=False, num_workers=min(cfg.workers, 2))
+
+        total_steps = len(sampler) * cfg.epochs
+        step = (start_epoch - 1) * len(sampler)
+        budget = cfg.max_minutes * 60 if cfg.max_minutes else None
+        t_start = time.perf_counter() - elapsed0
+        bad_epochs = 0
+        autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
+        meta_base = {"train_config": cfg.to_dict(), "data_summary": data.summary, "hemoseg_version": __version__}
+
+        def progress() -> float:
+            p = step / total_steps
+            if budget:
+                p = max(p, (time.perf_counter() - t_start) / budget)
+            return min(p, 1.0)
+
+        epoch = start_epoch - 1
+        stop = False
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            sampler.set_epoch(epoch)
+            net.train()
+            t0 = time.perf_counter()
+            # Epoch 1 pays for decoding + rasterising once (the cache build); later epochs do not.
+            data_time = data.summary["cache_seconds"] if epoch == 1 else 0.0
+            loss_sum, n_seen = torch.zeros((), device=dev), 0
+            counts = torch.zeros(k, 3, dtype=torch.long, device=dev)
+            bar = tqdm(total=len(sampler), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
+                       disable=self.quiet, dynamic_ncols=True)
+            t_data = time.perf_counter()
+            for x, y in loader:
+                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                if use_amp:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                data_time += time.perf_counter() - t_data
+                lr = cfg.lr * lr_factor(progress(), cfg)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                with autocast():
+                    logits = fwd(x)
+                loss = loss_fn(logits, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                loss_sum += loss.detach() * len(x)
+                n_seen += len(x)
+                with torch.no_grad():
+                    counts += confusion(to_onehot(logits.detach().float(), cfg.mode, k),
+                                        to_onehot(y, cfg.mode, k)).sum(0)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+                if budget and time.perf_counter() - t_start >= budget:
+                    break
+                t_data = time.perf_counter()
+            bar.close()
+            stop = ctx.broadcast_flag(bool(budget and time.perf_counter() - t_start >= budget))
+            tr = ctx.sum(torch.stack([loss_sum, torch.tensor(float(n_seen), device=dev)]))
+            ctx.sum(counts)
+            train_dice = summarize(counts.cpu().numpy()[None], list(data.classes.names))["dice_pooled_mean"] or 0.0
+            val_loss, val_metrics = self.validate(net, val_loader, loss_fn, k, autocast)
+            epoch_s = time.perf_counter() - t0
+            row = {"epoch": epoch, "lr": lr, "train_loss": (tr[0] / tr[1]).item(), "train_dice": train_dice,
+                   "val_loss": val_loss, "val_dice": val_metrics["dice_pooled_mean"] or 0.0,
+                   "epoch_seconds": round(epoch_s, 3), "data_seconds": round(data_time, 3),
+                   "images_per_second": round(n_seen * ctx.world / epoch_s, 2)}
+            history.append(row)
+            improved = row["val_dice"] > best
+            if improved:
+                best, bad_epochs = row["val_dice"], 0
+            else:
+                bad_epochs += 1
+            if ctx.is_main:
+                meta = {**meta_base, "epoch": epoch, "history": history, "best_val_dice": best,
+                        "val_metrics": val_metrics, "elapsed_seconds": time.perf_counter() - t_start}
+                state = {k2: v for k2, v in model.state_dict().items()}
+                if improved:
+                    save_checkpoint(self.out / run_dir.BEST, state, mcfg, data.classes, cfg.mode, prep, meta)
+                save_checkpoint(self.out / run_dir.LAST, state, mcfg, data.classes, cfg.mode, prep, meta,
+                                extra_tensors=_optimizer_tensors(opt))
+                self._write_history(history)
+                plot_curves(history, self.out / run_dir.CURVES)
+            self.log(f"epoch {epoch:3d} | lr {lr:.2e} | train loss {row['train_loss']:.4f} dice {train_dice:.4f} | "
+                     f"val loss {val_loss:.4f} dice {row['val_dice']:.4f}{' *' if improved else ''} | "
+                     f"{epoch_s:.1f}s (data {data_time:.2f}s) {row['images_per_second']:.1f} img/s")
+            if cfg.patience and bad_epochs >= cfg.patience:
+                self.log(f"early stop: no validation improvement for {cfg.patience} epochs")
+                break
+            if stop:
+                self.log(f"time budget of {cfg.max_minutes} min reached")
+                break
+        ctx.barrier()
+        summary = {"best_val_dice": best, "epochs_run": epoch, "best_epoch": max(history, key=lambda h: h["val_dice"])["epoch"] if history else None,
+                   "train_seconds": round(time.perf_counter() - t_start, 1), "data_summary": data.summary,
+                   "parameters": count_parameters(model), "train_config": cfg.to_dict(), "world_size": ctx.world,
+                   "device": str(dev)}
+        if len(history) >= 2:
+            summary["epoch1_data_seconds"] = history[0]["data_seconds"]
+            summary["epoch2_data_seconds"] = history[1]["data_seconds"]
+        if ctx.is_main:
+            (self.out / run_dir.SUMMARY).write_text(json.dumps(summary, indent=2))
+        return summary
+
+    @torch.no_grad()
+    def validate(self, net, loader, loss_fn, k: int, autocast) -> tuple[float, dict]:
+        net.eval()
+        dev = self.device
+        loss_sum, n = torch.zeros((), device=dev), 0
+        counts = []
+        for x, y in loader:
+            x, y = x.to(dev), y.to(dev)
+            with autocast():
+                logits = net(x)
+            loss_sum += loss_fn(logits, y) * len(x)
+            n += len(x)
+            counts.append(confusion(to_onehot(logits.float(), self.cfg.mode, k), to_onehot(y, self.cfg.mode, k)))
+        c = torch.cat(counts) if counts else torch.zeros(0, k, 3, dtype=torch.long, device=dev)
+        pooled = self.ctx.sum(c.sum(0, keepdim=True))  # pooled Dice is exact after summing counts
+        tot = self.ctx.sum(torch.stack([loss_sum, torch.tensor(float(n), device=dev)]))
+        metrics = summarize(pooled.cpu().numpy(), list(self.classes.names))
+        return (tot[0] / tot[1]).item(), metrics
+
+    def _write_history(self, history: list[dict]) -> None:
+        tmp = self.out / (run_dir.HISTORY + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
+            w.writeheader()
+            w.writerows(history)
+        tmp.replace(self.out / run_dir.HISTORY)
