@@ -28,6 +28,9 @@ masks/ and overlays/ (one PNG per slice), labels.nii.gz (DICOM/NIfTI input)
 and seg.dcm (DICOM input with findings). DIR/summary.json/.csv cover every
 study in DIR.
 
+Exit status: 0 all written, 1 some inputs failed (one line each, the rest
+completed), 2 nothing written.
+
 """ + RESEARCH_NOTICE
 
 

@@ -47,8 +47,6 @@ def display_volume(study, preprocessing) -> np.ndarray:
 # --------------------------------------------------------------------------
 def write_mask_pngs(labels: np.ndarray, folder: Path) -> None:
     """One 8-bit PNG per slice whose pixel values are the label numbers."""
-    import cv2
-
     folder.mkdir(parents=True, exist_ok=True)
     for z in range(labels.shape[0]):
         _imwrite(folder / slice_filename(z), labels[z].astype(np.uint8))

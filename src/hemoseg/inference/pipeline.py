@@ -71,9 +71,10 @@ class BatchResult:
         return EXIT_SOME_FAILED if self.failed else EXIT_OK
 
 
-def predict_labels(predictor, study: Study, tta: bool = False) -> np.ndarray:
-    """Call the predictor and hold it to its contract before anything is written."""
-    labels = np.asarray(predictor.predict_volume(study, tta=tta))
+def predict_labels(predictor, study: Study, tta: bool = False, progress=None) -> np.ndarray:
+    """Call the predictor and hold it to its contract before anything is written.
+    `progress(n)` is called as slices are done."""
+    labels = np.asarray(predictor.predict_volume(study, tta=tta, progress=progress))
     if labels.shape != study.shape:
         raise RuntimeError(f"predictor returned shape {labels.shape}, expected {study.shape}")
     n = len(predictor.class_names)
@@ -125,7 +126,7 @@ def write_study(study: Study, labels: np.ndarray, class_names: list[str], prepro
 def _replace_dir(tmp: Path, final: Path, force: bool) -> None:
     if final.exists() or final.is_symlink():
         if not force:
-            raise HemosegError("output already exists; use --force to replace it", final)
+            raise HemosegError(f"output folder {final} already exists; use --force to replace it")
         trash = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
         os.replace(final, trash)
         os.replace(tmp, final)
@@ -135,16 +136,16 @@ def _replace_dir(tmp: Path, final: Path, force: bool) -> None:
 
 
 def run_study(predictor, item: StudyInput | Study, out_dir: Path, *, tta: bool = False,
-              force: bool = False, model: dict | None = None) -> StudyResult:
+              force: bool = False, model: dict | None = None, progress=None) -> StudyResult:
     """Read, predict and write one study atomically. Errors propagate."""
     out_dir = Path(out_dir)
     name = item.name
     final = out_dir / name
     if (final.exists() or final.is_symlink()) and not force:  # fail before the slow part
-        raise HemosegError("output already exists; use --force to replace it", final)
+        raise HemosegError(f"output folder {final} already exists; use --force to replace it")
     study = load_study(item) if isinstance(item, StudyInput) else item
     origin = item.origin if isinstance(item, StudyInput) else None
-    labels = predict_labels(predictor, study, tta=tta)
+    labels = predict_labels(predictor, study, tta=tta, progress=progress)
     tmp = out_dir / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
     try:
         rep = write_study(study, labels, list(predictor.class_names), predictor.preprocessing,
@@ -177,7 +178,7 @@ def _short(rep: dict) -> str:
 
 def run_batch(predictor, inputs, out_dir, *, tta: bool = False, force: bool = False,
               model: dict | None = None, progress: bool | None = None,
-              out=sys.stdout, err=sys.stderr) -> BatchResult:
+              out=None, err=None) -> BatchResult:
     """Predict every study under `inputs` into `out_dir`.
 
     `predictor` may be a zero-argument callable returning one, so a batch with
@@ -186,6 +187,7 @@ def run_batch(predictor, inputs, out_dir, *, tta: bool = False, force: bool = Fa
     only on a terminal."""
     from tqdm import tqdm
 
+    out, err = out or sys.stdout, err or sys.stderr
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise HemosegError("output path exists and is not a folder", out_dir)
@@ -200,15 +202,19 @@ def run_batch(predictor, inputs, out_dir, *, tta: bool = False, force: bool = Fa
     if not hasattr(predictor, "predict_volume") and callable(predictor):
         predictor = predictor()
     if model is not None and getattr(predictor, "backend", None):
-        model["backend"] = str(predictor.backend)  # what "auto" resolved to
+        model["backend"] = str(getattr(predictor.backend, "name", model.get("backend")))
     out_dir.mkdir(parents=True, exist_ok=True)
     debug = bool(os.environ.get("HEMOSEG_DEBUG"))
     bar = tqdm(items, desc="hemoseg predict", unit="study", disable=None if progress is None
                else not progress, file=err, dynamic_ncols=True)
     for item in bar:
+        inner = tqdm(desc=item.name, unit="slice", leave=False, disable=bar.disable, file=err,
+                     dynamic_ncols=True)
         try:
-            res = run_study(predictor, item, out_dir, tta=tta, force=force, model=model)
+            res = run_study(predictor, item, out_dir, tta=tta, force=force, model=model,
+                            progress=inner.update)
         except KeyboardInterrupt:
+            inner.close()
             bar.close()
             raise
         except MemoryError:
@@ -218,6 +224,7 @@ def run_batch(predictor, inputs, out_dir, *, tta: bool = False, force: bool = Fa
             if debug and not isinstance(exc, HemosegError):
                 raise
             res = StudyResult(item.name, item.origin, error=_one_line(item.origin, exc))
+        inner.close()
         batch.results.append(res)
         if res.ok:
             tqdm.write(f"{_short(res.report)} -> {res.out_dir}", file=out)

@@ -239,7 +239,11 @@ def _dcmread(p: Path):
                 raise
             return ds
     except InvalidDicomError:
-        raise HemosegError("is not a DICOM file (no DICOM header)", p) from None
+        if not _must_be_dicom(p):
+            raise HemosegError("is not a DICOM file, NIfTI volume (.nii/.nii.gz) or PNG/JPG "
+                               "image", p) from None
+        hint = "; empty or truncated?" if p.stat().st_size < 132 else ""
+        raise HemosegError(f"is not a DICOM file (no DICOM header{hint})", p) from None
     except PermissionError:
         raise HemosegError("permission denied", p) from None
     except Exception as exc:  # pydicom raises many types on damaged files
@@ -404,9 +408,12 @@ def read_dicom_series(paths, name: str | None = None, origin: Path | None = None
 def _sop_name(ds) -> str:
     uid = ds.get("SOPClassUID")
     try:
-        return f"SOP class {uid.name}" if uid is not None else "no SOP class"
+        name = f"SOP class {uid.name}" if uid is not None else "no SOP class"
     except AttributeError:
-        return f"SOP class {uid}"
+        name = f"SOP class {uid}"
+    if "Image Storage" in name:
+        name += "; the file may be truncated"
+    return name
 
 
 def _order_slices(images, origin):

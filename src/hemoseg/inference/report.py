@@ -178,7 +178,8 @@ def render_html(report: dict, montage_png: Path | None) -> str:
     img = ""
     if montage_png is not None and Path(montage_png).exists():
         b64 = base64.b64encode(Path(montage_png).read_bytes()).decode("ascii")
-        img = f'<h2>Slices with findings</h2><img alt="montage" src="data:image/png;base64,{b64}">'
+        head = "Slices with findings" if report["any_hemorrhage"] else "Sample slices (no findings)"
+        img = f'<h2>{head}</h2><img alt="montage" src="data:image/png;base64,{b64}">'
     warns = "".join(f'<li class="warn">{e(w)}</li>' for w in report.get("warnings", []))
     model = report.get("model", {})
     out = io.StringIO()

@@ -1,0 +1,109 @@
+"""Volumes in mL, ABC/2, areas, and the volume-accuracy helper."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from hemoseg.inference.volumes import NO_SPACING, compare_volumes, diameters, measure, wants_abc2
+
+NAMES = ["Intraparenchymal hemorrhage", "Subdural"]
+
+
+def test_volume_exact_from_voxel_count():
+    labels = np.zeros((5, 20, 20), np.uint8)
+    labels[1:4, 2:7, 3:11] = 1  # 3 * 5 * 8 = 120 voxels
+    labels[2, 15:17, 15:18] = 2  # 6 voxels
+    m = measure(labels, (2.5, 0.5, 0.4), NAMES).by_name()
+    iph, sdh = m[NAMES[0]], m["Subdural"]
+    assert iph.voxels == 120 and iph.volume_ml == pytest.approx(120 * 2.5 * 0.5 * 0.4 / 1000)
+    assert sdh.volume_ml == pytest.approx(6 * 0.5 / 1000)
+    assert iph.slices_involved == 3 and sdh.slices_involved == 1
+    assert iph.max_area == pytest.approx(40 * 0.2) and iph.max_area_unit == "mm2"
+    assert iph.max_area_slice == 1 and iph.lesion_count == 1
+    assert iph.abc2 is not None and sdh.abc2 is None and sdh.abc2_note is None
+
+
+def test_no_spacing_never_invents_volume():
+    labels = np.zeros((1, 10, 10), np.uint8)
+    labels[0, 2:5, 2:6] = 1
+    sm = measure(labels, None, NAMES)
+    iph = sm.by_name()[NAMES[0]]
+    assert iph.volume_ml is None and iph.volume_note == NO_SPACING == "volume unavailable: no spacing"
+    assert iph.max_area == 12 and iph.max_area_unit == "px"
+    assert iph.abc2 is None and iph.abc2_note == NO_SPACING
+    assert sm.total_volume_ml is None and sm.to_dict()["spacing_mm"] is None
+
+
+def test_absent_class():
+    m = measure(np.zeros((2, 4, 4), np.uint8), (1, 1, 1), NAMES).by_name()[NAMES[0]]
+    assert m.voxels == 0 and m.volume_ml == 0 and m.max_area_slice is None
+    assert m.abc2 is None and m.abc2_note == "no lesion"
+
+
+def test_abc2_class_match_is_case_insensitive():
+    assert wants_abc2("INTRAPARENCHYMAL") and wants_abc2("intracerebral hemorrhage")
+    assert not wants_abc2("subdural")
+
+
+def _ellipsoid(a_mm, b_mm, c_mm, spacing, angle_deg, shape):
+    z, h, w = shape
+    zz, yy, xx = np.mgrid[:z, :h, :w].astype(np.float64)
+    zz = (zz - (z - 1) / 2) * spacing[0]
+    yy = (yy - (h - 1) / 2) * spacing[1]
+    xx = (xx - (w - 1) / 2) * spacing[2]
+    t = math.radians(angle_deg)
+    u = xx * math.cos(t) + yy * math.sin(t)
+    v = -xx * math.sin(t) + yy * math.cos(t)
+    return (u / a_mm) ** 2 + (v / b_mm) ** 2 + (zz / c_mm) ** 2 <= 1
+
+
+def test_abc2_on_rotated_ellipsoid():
+    a, b, c = 30.0, 18.0, 15.0  # semi-axes in mm
+    spacing = (1.5, 0.7, 0.6)  # anisotropic in-plane too
+    mask = _ellipsoid(a, b, c, spacing, 30, (24, 100, 110))
+    labels = mask.astype(np.uint8)
+    labels[0, 0, 0] = 1  # a stray voxel: ABC/2 must use the big lesion only
+    m = measure(labels, spacing, NAMES).by_name()[NAMES[0]]
+    true_ml = 4 / 3 * math.pi * a * b * c / 1000
+    assert m.volume_ml == pytest.approx(true_ml, rel=0.05)
+    assert m.lesion_count == 2
+    e = m.abc2
+    assert e.a_mm == pytest.approx(2 * a, rel=0.05)
+    assert e.b_mm == pytest.approx(2 * b, rel=0.08)
+    assert e.c_mm == pytest.approx(e.lesion_slices * 1.5) and e.lesion_slices in (19, 20, 21)
+    assert e.volume_ml == pytest.approx(e.a_mm * e.b_mm * e.c_mm / 2000)
+    assert abs(e.volume_ml - true_ml) / true_ml < 0.15
+
+
+def test_diameters_of_a_rectangle():
+    sec = np.zeros((20, 20), bool)
+    sec[5:8, 2:14] = True  # 3 x 12 pixels at 1 mm -> corner-to-corner diagonal
+    a, b = diameters(sec, 1.0, 1.0)
+    assert a == pytest.approx(math.hypot(3, 12))
+    assert b == pytest.approx(2 * 3 * 12 / math.hypot(3, 12))  # rectangle width across the diagonal
+
+
+def test_compare_volumes(tmp_path):
+    truth = {"s1": {"spacing_mm": [2.5, 0.5, 0.5], "volumes_ml": {"IPH": 10.0, "SDH": 0.0}},
+             "s2": {"spacing_mm": [5, 1, 1], "volumes_ml": {"IPH": 4.0}},
+             "s3": {"spacing_mm": [1, 1, 1], "volumes_ml": {"IPH": 1.0}}}
+    gt_path = tmp_path / "ground_truth.json"
+    gt_path.write_text(json.dumps(truth))
+    summary = {"studies": [
+        {"study": "s1", "spacing_mm": [2.5, 0.5, 0.5], "volumes_ml": {"IPH": 11.0, "SDH": 0.5}},
+        {"study": "s2", "spacing_mm": [2.5, 1, 1], "volumes_ml": {"IPH": None}},
+    ]}
+    r = compare_volumes(summary, gt_path)
+    assert r["missing_studies"] == ["s3"]
+    assert r["unscored"] == [{"study": "s2", "class": "IPH", "reason": NO_SPACING}]
+    assert r["spacing_mismatch"][0]["study"] == "s2"
+    assert r["per_class"]["IPH"] == {"n": 1, "mean_abs_error_ml": 1.0, "mean_abs_rel_error": 0.1}
+    assert r["per_class"]["SDH"]["mean_abs_rel_error"] is None
+    assert r["overall"]["n"] == 2 and r["overall"]["mean_abs_error_ml"] == pytest.approx(0.75)
+    # a class the model never reported counts as 0 mL
+    r2 = compare_volumes({"s1": {"volumes_ml": {}}}, {"s1": {"volumes_ml": {"IPH": 2.0}}})
+    assert r2["rows"][0]["measured_ml"] == 0.0 and r2["rows"][0]["rel_error"] == -1.0
