@@ -13,6 +13,7 @@ Reading never trusts the file: every structural problem becomes a `Problem`
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,11 +261,33 @@ def _validate_segmentation(seg, record: ImageRecord, problem, item: str):
         if not (isinstance(size, list) and len(size) == 2) or "counts" not in seg:
             problem("error", item, "malformed RLE (needs 'size' and 'counts')")
             return None
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer()
+                   for v in size):
+            problem("error", item, f"malformed RLE size {size!r}")
+            return None
         if [int(size[0]), int(size[1])] != [h, w]:
             problem("error", item, f"RLE size {size} disagrees with image {h}x{w}")
             return None
-        if isinstance(seg["counts"], list) and sum(seg["counts"]) != h * w:
-            problem("error", item, f"uncompressed RLE covers {sum(seg['counts'])} pixels, image has {h * w}")
+        counts = seg["counts"]
+        if isinstance(counts, list):
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts):
+                problem("error", item, "malformed uncompressed RLE (counts must be non-negative integers)")
+                return None
+            if sum(counts) != h * w:
+                problem("error", item, f"uncompressed RLE covers {sum(counts)} pixels, image has {h * w}")
+                return None
+        elif isinstance(counts, str):
+            # pycocotools decodes a bad string into uninitialised memory
+            # instead of failing, so the string is checked here.
+            runs = _compressed_rle_runs(counts)
+            if runs is None:
+                problem("error", item, "malformed compressed RLE string")
+                return None
+            if sum(runs) != h * w:
+                problem("error", item, f"compressed RLE covers {sum(runs)} pixels, image has {h * w}")
+                return None
+        else:
+            problem("error", item, "malformed RLE (counts must be a list or a string)")
             return None
         return seg
     if not isinstance(seg, list) or not seg:
@@ -272,7 +295,8 @@ def _validate_segmentation(seg, record: ImageRecord, problem, item: str):
         return None
     parts = []
     for k, part in enumerate(seg):
-        if not isinstance(part, list) or not all(isinstance(v, (int, float)) for v in part):
+        if not isinstance(part, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in part):
             problem("error", item, f"polygon part {k} is not a list of numbers")
             continue
         if len(part) < 6 or len(part) % 2:
@@ -285,3 +309,35 @@ def _validate_segmentation(seg, record: ImageRecord, problem, item: str):
                     f"polygon part {k} has coordinates outside the {w}x{h} image (clipped)")
         parts.append([float(v) for v in part])
     return parts or None
+
+
+def _compressed_rle_runs(counts: str) -> list[int] | None:
+    """Run lengths of a COCO compressed RLE string, or None if it is malformed.
+
+    Format (pycocotools maskApi.c): each run is a little-endian sequence of
+    5-bit groups stored as chr(48 + group), bit 0x20 meaning "more follows"
+    and bit 0x10 of the last group the sign; from the third run on, the value
+    is a delta to the run two places back.
+    """
+    runs: list[int] = []
+    p, n = 0, len(counts)
+    while p < n:
+        x, k, more = 0, 0, True
+        while more:
+            if p >= n:
+                return None
+            c = ord(counts[p]) - 48
+            if not 0 <= c < 64:
+                return None
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        if x < 0:
+            return None
+        runs.append(x)
+    return runs

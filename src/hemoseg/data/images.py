@@ -38,10 +38,18 @@ def load_gray_uint8(path: str | Path) -> np.ndarray:
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) after EXIF orientation, without decoding pixels."""
+    """(height, width) after EXIF orientation, without decoding pixels.
+
+    Pillow's PNG `getexif()` decodes the whole image to look for an eXIf chunk
+    after the pixel data, so for PNG only an eXIf chunk ahead of the pixels is
+    honoured (where writers put it); a late one is caught when decoding.
+    """
     with Image.open(path) as im:
         w, h = im.size
-        orientation = im.getexif().get(0x0112, 1)
+        if im.format == "PNG" and "exif" not in im.info:
+            orientation = 1
+        else:
+            orientation = im.getexif().get(0x0112, 1)
     if orientation in (5, 6, 7, 8):
         w, h = h, w
     return h, w
