@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     except HemosegError as exc:
         print(f"hemoseg: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # e.g. `hemoseg data stats ... | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("hemoseg: interrupted", file=sys.stderr)
         return 130
