@@ -137,6 +137,40 @@ def test_dicom_slice_without_pixel_data_inside_series_fails(tmp_path):
         read_dicom_series(_paths(files))
 
 
+def test_dicom_slice_cut_inside_header_fails(tmp_path):
+    """A slice truncated before its series UID must not be skipped as if it
+    were a dose report: that would silently drop a slice from the volume."""
+    files = write_ct_series(tmp_path / "s", ct_volume(z=3))
+    p = files[1][0]
+    p.write_bytes(p.read_bytes()[:400])
+    with pytest.raises(HemosegError, match=rf"{p.name}: DICOM file has no pixel data"):
+        read_dicom_series(_paths(files))
+
+
+def test_non_image_dicom_object_is_skipped(tmp_path):
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    files = write_ct_series(tmp_path / "s", ct_volume(z=2))
+    sr = pydicom.dcmread(files[0][0])
+    del sr.PixelData
+    sr.SOPClassUID = sr.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.67"
+    sr.SeriesInstanceUID, sr.SOPInstanceUID = generate_uid(), generate_uid()
+    sr.save_as(tmp_path / "s" / "dose.dcm")
+    study = read_dicom_series(_paths(files) + [tmp_path / "s" / "dose.dcm"])
+    assert study.shape[0] == 2
+    assert any("skipped 1 DICOM file(s) without pixel data" in w and "X-Ray Radiation Dose SR" in w
+               for w in study.warnings)
+
+
+def test_nifti_2d_has_no_volume(tmp_path):
+    p = tmp_path / "flat.nii"
+    nib.save(nib.Nifti1Image(np.zeros((6, 5), np.int16), np.eye(4)), str(p))
+    study = read_nifti(p)
+    assert study.shape == (1, 5, 6) and study.spacing is None
+    assert labels_to_nifti_array(np.zeros(study.shape, np.uint8), study).shape == (6, 5)
+
+
 def test_dicom_truncated(tmp_path):
     files = write_ct_series(tmp_path / "s", ct_volume(z=2))
     p = files[1][0]

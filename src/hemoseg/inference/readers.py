@@ -347,7 +347,9 @@ def read_dicom_series(paths, name: str | None = None, origin: Path | None = None
             "move each series into its own subfolder and give the parent folder", origin)
     series_uid = next(iter(series))
     for p, ds in no_pixels:
-        if str(ds.get("SeriesInstanceUID", "")) == series_uid:
+        # An image object without pixels is a damaged slice (often a truncated
+        # copy); skipping it would silently shrink the volume.
+        if str(ds.get("SeriesInstanceUID", "")) == series_uid or _is_image_sop(ds):
             raise HemosegError(f"DICOM file has no pixel data ({_sop_name(ds)}) but belongs "
                                "to the image series", p)
     if no_pixels:
@@ -403,6 +405,15 @@ def read_dicom_series(paths, name: str | None = None, origin: Path | None = None
         source_paths=[p for p, _ in images], dicom=[ds for _, ds in images], affine=affine,
         slice_sources=[p.name for p, _ in images], warnings=warnings,
     )
+
+
+def _is_image_sop(ds) -> bool:
+    """True for image storage classes, and when the class is unknown (a
+    header cut short), so only recognisable non-image objects are skipped."""
+    uid = ds.get("SOPClassUID")
+    if uid is None:
+        return True
+    return "Image Storage" in getattr(uid, "name", "") or not getattr(uid, "is_valid", True)
 
 
 def _sop_name(ds) -> str:
@@ -541,6 +552,7 @@ def read_nifti(path, name: str | None = None) -> Study:
     pixels = np.ascontiguousarray(data.transpose(2, 1, 0), dtype=np.float32)
 
     zooms = [float(z) for z in hdr.get_zooms()[:3]]
+    flat = len(zooms) < 3  # a 2-D image has no slice thickness
     zooms += [1.0] * (3 - len(zooms))
     unit = hdr.get_xyzt_units()[0]
     scale = {"meter": 1000.0, "micron": 0.001}.get(unit, 1.0)
@@ -548,7 +560,10 @@ def read_nifti(path, name: str | None = None) -> Study:
     for a in range(3):
         new[int(transform[a, 0])] = zooms[a] * scale
     spacing = (new[2], new[1], new[0])
-    if not all(np.isfinite(s) and s > 0 for s in spacing):
+    if flat:
+        warnings.append("2-D NIfTI has no slice thickness: volumes unavailable")
+        spacing = None
+    elif not all(np.isfinite(s) and s > 0 for s in spacing):
         warnings.append(f"NIfTI voxel sizes {zooms} are not usable: volumes unavailable")
         spacing = None
     if unit == "unknown":

@@ -192,12 +192,12 @@ def render_html(report: dict, montage_png: Path | None) -> str:
 file(s), {report["shape_zhw"][0]} slice(s) of {report["shape_zhw"][1]} x {report["shape_zhw"][2]})<br>
 Voxel spacing: {spacing}<br>
 Any hemorrhage detected: <b>{"yes" if report["any_hemorrhage"] else "no"}</b></p>
-<table><tr><th>Class</th><th>Volume (voxels)</th><th>ABC/2 estimate</th><th>Slices</th>
+<table><tr><th>Class</th><th>Volume (voxel count)</th><th>ABC/2 estimate</th><th>Slices</th>
 <th>Lesions</th><th>Largest cross-section</th></tr>
 {''.join(rows)}
 <tr><th>Total</th><th>{_fmt_ml(total["volume_ml"], total["volume_note"])}</th>
 <th colspan="4"></th></tr></table>
-<p><small>ABC/2: {e(report["abc2_definition"])}.</small></p>
+<p><small>Definition used: {e(report["abc2_definition"])}.</small></p>
 {"<h2>Warnings</h2><ul>" + warns + "</ul>" if warns else ""}
 {img}
 <p><small>hemoseg {e(report["hemoseg_version"])}; model run {e(str(model.get("run", "?")))},
