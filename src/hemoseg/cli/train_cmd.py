@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -88,7 +87,7 @@ def _launch_torchrun(n: int) -> int:
         if a.startswith("--gpus="):
             continue
         cleaned.append(a)
-    torchrun = shutil.which("torchrun") or None
-    cmd = ([torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"])
+    # This interpreter's torchrun: a `torchrun` found on PATH may belong to another Python.
+    cmd = [sys.executable, "-m", "torch.distributed.run"]
     cmd += ["--standalone", f"--nproc_per_node={n}", "-m", "hemoseg", *cleaned]
     return subprocess.call(cmd)

@@ -27,7 +27,7 @@ from hemoseg.training.checkpoint import load_checkpoint, save_checkpoint
 from hemoseg.training.config import TrainConfig
 from hemoseg.training.curves import plot_curves
 from hemoseg.training.data_setup import prepare_training_data
-from hemoseg.training.distributed import DistContext, init_from_env, shutdown
+from hemoseg.training.distributed import DistContext, convert_sync_batchnorm, init_from_env, shutdown
 from hemoseg.training.losses import SegmentationLoss, inverse_frequency_weights
 from hemoseg.training.sampling import EpochSampler
 
@@ -109,6 +109,8 @@ class Trainer:
         cfg, ctx, dev = self.cfg, self.ctx, self.device
         data = prepare_training_data(self.dataset_path, cfg.mode, cfg.size, cfg.seed, self.log)
         self.classes = data.classes
+        # Binary mode scores one merged "lesion" channel, whatever the dataset's class count.
+        self.metric_names = ["lesion"] if cfg.mode == "binary" else list(data.classes.names)
         k = len(data.classes)
         pix = data.train.images.astype(np.float32) / 255.0
         prep = (self.resume_from[0].preprocessing if self.resume_from else
@@ -126,7 +128,7 @@ class Trainer:
 
         use_amp = cfg.amp and dev.type == "cuda"
         if ctx.enabled:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = convert_sync_batchnorm(model, dev)
         model.to(dev)
         if use_amp:
             model = model.to(memory_format=torch.channels_last)
@@ -188,7 +190,7 @@ class Trainer:
             # Epoch 1 pays for decoding + rasterising once (the cache build); later epochs do not.
             data_time = data.summary["cache_seconds"] if epoch == 1 else 0.0
             loss_sum, n_seen = torch.zeros((), device=dev), 0
-            counts = torch.zeros(k, 3, dtype=torch.long, device=dev)
+            counts = torch.zeros(len(self.metric_names), 3, dtype=torch.long, device=dev)
             bar = tqdm(total=len(sampler), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
                        disable=self.quiet, dynamic_ncols=True)
             t_data = time.perf_counter()
@@ -214,14 +216,15 @@ class Trainer:
                                         to_onehot(y, cfg.mode, k)).sum(0)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
-                if budget and time.perf_counter() - t_start >= budget:
+                # Rank 0 decides: ranks that stopped at different steps would deadlock in DDP's all-reduce.
+                if budget and ctx.broadcast_flag(time.perf_counter() - t_start >= budget):
                     break
                 t_data = time.perf_counter()
             bar.close()
             stop = ctx.broadcast_flag(bool(budget and time.perf_counter() - t_start >= budget))
             tr = ctx.sum(torch.stack([loss_sum, torch.tensor(float(n_seen), device=dev)]))
             ctx.sum(counts)
-            train_dice = summarize(counts.cpu().numpy()[None], list(data.classes.names))["dice_pooled_mean"] or 0.0
+            train_dice = summarize(counts.cpu().numpy()[None], self.metric_names)["dice_pooled_mean"] or 0.0
             val_loss, val_metrics = self.validate(net, val_loader, loss_fn, k, autocast)
             epoch_s = time.perf_counter() - t0
             row = {"epoch": epoch, "lr": lr, "train_loss": (tr[0] / tr[1]).item(), "train_dice": train_dice,
@@ -278,10 +281,10 @@ class Trainer:
             loss_sum += loss_fn(logits, y) * len(x)
             n += len(x)
             counts.append(confusion(to_onehot(logits.float(), self.cfg.mode, k), to_onehot(y, self.cfg.mode, k)))
-        c = torch.cat(counts) if counts else torch.zeros(0, k, 3, dtype=torch.long, device=dev)
+        c = torch.cat(counts) if counts else torch.zeros(0, len(self.metric_names), 3, dtype=torch.long, device=dev)
         pooled = self.ctx.sum(c.sum(0, keepdim=True))  # pooled Dice is exact after summing counts
         tot = self.ctx.sum(torch.stack([loss_sum, torch.tensor(float(n), device=dev)]))
-        metrics = summarize(pooled.cpu().numpy(), list(self.classes.names))
+        metrics = summarize(pooled.cpu().numpy(), self.metric_names)
         return (tot[0] / tot[1]).item(), metrics
 
     def _write_history(self, history: list[dict]) -> None:
