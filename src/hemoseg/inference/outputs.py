@@ -2,7 +2,8 @@
 
 All outputs keep the study's original resolution and slice order, so slice k
 of every file is slice k of `Study.pixels` (listed in the report's "slices").
-The colour of each class is fixed here, in `PALETTE`, and nowhere else.
+Class colours come from hemoseg.data.figures.class_colors, the one palette
+shared with the figures and the web viewer.
 """
 
 from __future__ import annotations
@@ -13,22 +14,13 @@ import numpy as np
 
 from hemoseg import RESEARCH_NOTICE, __version__
 
-PALETTE: list[tuple[int, int, int]] = [
-    (230, 25, 75),    # red
-    (255, 225, 25),   # yellow
-    (60, 180, 75),    # green
-    (0, 130, 200),    # blue
-    (245, 130, 48),   # orange
-    (145, 30, 180),   # purple
-    (70, 240, 240),   # cyan
-    (240, 50, 230),   # magenta
-]
-"""RGB per foreground label: label k uses PALETTE[(k - 1) % len(PALETTE)].
-Chosen to stay distinguishable on a grey CT background."""
-
-
 def class_color(label: int) -> tuple[int, int, int]:
-    return PALETTE[(int(label) - 1) % len(PALETTE)]
+    """RGB of foreground label k (class k - 1) from the shared palette, so the
+    overlays, montage, report and DICOM SEG match the viewer's legend."""
+    from hemoseg.data.figures import class_colors
+
+    k = int(label)
+    return tuple(int(v) for v in class_colors(k)[k - 1])
 
 
 def slice_filename(z: int) -> str:
