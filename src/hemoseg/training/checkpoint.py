@@ -56,6 +56,9 @@ def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, header: di
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=header)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a shared run folder must stay readable
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

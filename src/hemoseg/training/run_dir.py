@@ -20,6 +20,8 @@ def prepare(out: Path, resume: bool, force: bool) -> Path:
     if resume:
         if not (out / LAST).is_file():
             raise HemosegError(f"cannot resume: no {LAST} in the run folder", out)
+        for stale in out.glob(".*.tmp"):  # left by a kill during a checkpoint write; never loaded
+            stale.unlink(missing_ok=True)
         return out
     if out.exists() and not out.is_dir():
         raise HemosegError("output path exists and is not a folder", out)
