@@ -34,6 +34,8 @@ def register(sub) -> None:
     p.add_argument("--steps-per-epoch", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--size", type=int, help="input side length (default 256)")
+    p.add_argument("--patch", type=int, help="train on lesion-centred crops of this side (fully convolutional "
+                   "inference still sees whole images)")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget; the LR schedule anneals to fit it")
     p.add_argument("--patience", type=int, help="early stopping patience in epochs")
     p.add_argument("--seed", type=int)
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     width = args.width or (SIZES[args.model_size] if args.model_size else None)
     cfg = PRESETS[args.preset].override(
         mode=args.mode, width=width, attention=args.attention, epochs=args.epochs, batch_size=args.batch_size,
-        steps_per_epoch=args.steps_per_epoch, lr=args.lr, size=args.size, max_minutes=args.max_minutes,
+        steps_per_epoch=args.steps_per_epoch, lr=args.lr, size=args.size, patch=args.patch, max_minutes=args.max_minutes,
         patience=args.patience, seed=args.seed, workers=args.workers, compile=args.compile)
     summary = Trainer(dataset, out, cfg, resume=bool(args.resume), force=args.force, device=args.device,
                       quiet=args.quiet).run()

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 class TrainConfig:
     mode: str = "multiclass"            # binary | multiclass | multilabel
     size: int = 256
+    patch: int | None = None            # train on lesion-centred crops of this side (None: whole images)
     width: int = 16
     depth: int = 5
     attention: bool = True

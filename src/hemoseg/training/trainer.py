@@ -19,6 +19,7 @@ from hemoseg.data.augment import build_augmentation
 from hemoseg.data.dataset import SegmentationDataset
 from hemoseg.data.preprocessing import Preprocessing
 from hemoseg.data.rasterize import num_outputs
+from hemoseg.errors import HemosegError
 from hemoseg.evaluation.metrics import confusion, summarize, to_onehot
 from hemoseg.models.attention_unet import build_model, count_parameters
 from hemoseg.models.config import ModelConfig
@@ -118,9 +119,11 @@ class Trainer:
         del pix
         mcfg = ModelConfig(in_channels=1, out_channels=num_outputs(cfg.mode, k), width=cfg.width,
                            depth=cfg.depth, attention=cfg.attention)
-        if cfg.size % 2 ** (cfg.depth - 1):
-            from hemoseg.errors import HemosegError
-            raise HemosegError(f"--size {cfg.size} must be a multiple of {2 ** (cfg.depth - 1)} for depth {cfg.depth}")
+        for name, side in (("size", cfg.size), ("patch", cfg.patch)):
+            if side and side % 2 ** (cfg.depth - 1):
+                raise HemosegError(f"--{name} {side} must be a multiple of {2 ** (cfg.depth - 1)} for depth {cfg.depth}")
+        if cfg.patch and cfg.patch > cfg.size:
+            raise HemosegError(f"--patch {cfg.patch} is larger than --size {cfg.size}")
         model = build_model(mcfg)
         self.log(f"hemoseg {__version__} | {cfg.mode} | classes: {', '.join(data.classes.names)} | "
                  f"model width {cfg.width} depth {cfg.depth} attention={cfg.attention}: "
@@ -158,7 +161,7 @@ class Trainer:
 
         sampler = EpochSampler(data.train.has_lesion(), cfg.batch_size, cfg.steps_per_epoch,
                                cfg.foreground_fraction, cfg.seed, ctx.rank, ctx.world)
-        train_ds = SegmentationDataset(data.train, prep, build_augmentation(cfg.augmentation, cfg.seed))
+        train_ds = SegmentationDataset(data.train, prep, build_augmentation(cfg.augmentation, cfg.seed, cfg.patch))
         loader_kw = dict(num_workers=cfg.workers, pin_memory=dev.type == "cuda",
                          persistent_workers=cfg.workers > 0)
         loader = DataLoader(train_ds, batch_sampler=sampler, **loader_kw)
