@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hemoseg.data.coco import ClassList, Dataset, load_dataset
+from hemoseg.data.coco import SPLIT_NAMES, ClassList, Dataset, load_dataset
 from hemoseg.data.dataset import CachedSplit, cache_split, skipped_summary
 from hemoseg.errors import HemosegError
 
@@ -32,7 +32,7 @@ def check_class_consistency(ds: Dataset) -> ClassList:
     if not len(classes):
         raise HemosegError("training split defines no classes", train.json_path)
     train_counts = annotated_classes(train)
-    for name, split in ds.splits.items():
+    for name, split in sorted(ds.splits.items(), key=lambda kv: SPLIT_NAMES.index(kv[0])):
         if name == "train":
             continue
         if split.classes != classes:

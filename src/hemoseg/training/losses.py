@@ -45,3 +45,19 @@ def inverse_frequency_weights(pixel_counts, total_pixels: int) -> torch.Tensor:
     freq = torch.cat([torch.tensor([bg]), counts.clamp(min=1)]) / total_pixels
     w = freq.rsqrt()
     return (w / w.mean()).float()
+
+
+def init_head_prior(head: nn.Conv2d, mode: str, foreground: float = 0.01) -> None:
+    """Start the output layer at the lesion prior (Lin et al. 2017, focal loss):
+    lesions cover ~1% of pixels, so a head that starts at 50/50 spends its
+    first hundred steps only learning "mostly background". Starting there
+    skips that phase."""
+    import math
+
+    with torch.no_grad():
+        if mode == "multiclass":
+            k = head.out_channels - 1
+            head.bias.fill_(math.log(foreground / k))
+            head.bias[0] = math.log(1 - foreground)
+        else:
+            head.bias.fill_(math.log(foreground / (1 - foreground)))

@@ -29,7 +29,7 @@ from hemoseg.training.config import TrainConfig
 from hemoseg.training.curves import plot_curves
 from hemoseg.training.data_setup import prepare_training_data
 from hemoseg.training.distributed import DistContext, convert_sync_batchnorm, init_from_env, shutdown
-from hemoseg.training.losses import SegmentationLoss, inverse_frequency_weights
+from hemoseg.training.losses import SegmentationLoss, init_head_prior, inverse_frequency_weights
 from hemoseg.training.sampling import EpochSampler
 
 HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_dice", "val_loss", "val_dice", "epoch_seconds",
@@ -125,6 +125,7 @@ class Trainer:
         if cfg.patch and cfg.patch > cfg.size:
             raise HemosegError(f"--patch {cfg.patch} is larger than --size {cfg.size}")
         model = build_model(mcfg)
+        init_head_prior(model.head, cfg.mode)
         self.log(f"hemoseg {__version__} | {cfg.mode} | classes: {', '.join(data.classes.names)} | "
                  f"model width {cfg.width} depth {cfg.depth} attention={cfg.attention}: "
                  f"{count_parameters(model) / 1e6:.2f} M parameters | device {dev} x{ctx.world}")
