@@ -13,10 +13,18 @@ from torch import nn
 
 
 def soft_dice_loss(probs: torch.Tensor, onehot: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Mean over images of the mean soft-Dice loss of the classes PRESENT in
+    that image. Absent classes are left to the CE/BCE term: with a Dice term
+    of their own, a class missing from an image scores 1/(sum p + 1), so every
+    faint probability anywhere is punished as hard as missing a whole lesion,
+    and the network spends its first epochs predicting nothing at all."""
     dims = (2, 3)
     inter = (probs * onehot).sum(dims)
     denom = probs.sum(dims) + onehot.sum(dims)
-    return 1.0 - ((2 * inter + smooth) / (denom + smooth)).mean()
+    present = (onehot.sum(dims) > 0).to(probs.dtype)
+    per_pair = 1.0 - (2 * inter + smooth) / (denom + smooth)
+    per_image = (per_pair * present).sum(1) / present.sum(1).clamp(min=1)
+    return per_image.mean()
 
 
 class SegmentationLoss(nn.Module):
