@@ -8,11 +8,13 @@ shared with the figures and the web viewer.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from hemoseg import RESEARCH_NOTICE, __version__
+
 
 def class_color(label: int) -> tuple[int, int, int]:
     """RGB of foreground label k (class k - 1) from the shared palette, so the
@@ -40,14 +42,15 @@ def display_volume(study, preprocessing) -> np.ndarray:
 def write_mask_pngs(labels: np.ndarray, folder: Path) -> None:
     """One 8-bit PNG per slice whose pixel values are the label numbers."""
     folder.mkdir(parents=True, exist_ok=True)
-    for z in range(labels.shape[0]):
-        _imwrite(folder / slice_filename(z), labels[z].astype(np.uint8))
+    _for_each_slice(lambda z: _imwrite(folder / slice_filename(z), labels[z].astype(np.uint8)),
+                    labels.shape[0])
 
 
-def _imwrite(path: Path, img: np.ndarray) -> None:
+def _imwrite(path: Path, img: np.ndarray, params: tuple[int, ...] = ()) -> None:
+    """cv2's default PNG settings (fast zlib, RLE) were the quickest tried."""
     import cv2
 
-    ok, buf = cv2.imencode(".png", img)
+    ok, buf = cv2.imencode(".png", img, list(params))
     if not ok:
         raise RuntimeError(f"PNG encoding failed for {path}")
     path.write_bytes(buf.tobytes())
@@ -56,23 +59,58 @@ def _imwrite(path: Path, img: np.ndarray) -> None:
 # --------------------------------------------------------------------------
 # overlays
 # --------------------------------------------------------------------------
+@lru_cache(maxsize=8)
+def _blend_table(n_classes: int, alpha: float) -> np.ndarray:
+    """(256 * (n+1), 3) uint8: the blended colour of every (label, grey) pair.
+
+    Blending 32 slices of 512x512 per pixel in float costs more than the PNG
+    encoding; the table is built with the same float32 arithmetic, so the
+    pixels are identical. Labels above n_classes stay grey."""
+    grey = np.repeat(np.arange(256, dtype=np.float32)[:, None], 3, axis=1)
+    rows = [grey] + [(1 - alpha) * grey + alpha * np.array(class_color(k), np.float32)
+                     for k in range(1, n_classes + 1)]
+    rows += [grey] * (256 - len(rows))
+    return np.clip(np.rint(np.stack(rows)), 0, 255).astype(np.uint8).reshape(-1, 3)
+
+
+def _present(labels: np.ndarray, n_classes: int) -> list[int]:
+    if not labels.any():
+        return []
+    counts = np.bincount(np.asarray(labels, np.uint8).ravel(), minlength=n_classes + 1)
+    return [k for k in range(1, n_classes + 1) if counts[k]]
+
+
+def _label_box(labels: np.ndarray) -> tuple[slice, slice] | None:
+    """Bounding box of the labelled pixels plus a 1-pixel margin (so contours
+    found inside it are those of the whole slice); None without labels."""
+    rows = np.flatnonzero(labels.any(axis=1))
+    if not rows.size:
+        return None
+    cols = np.flatnonzero(labels[rows[0]:rows[-1] + 1].any(axis=0))
+    h, w = labels.shape
+    return (slice(max(rows[0] - 1, 0), min(rows[-1] + 2, h)),
+            slice(max(cols[0] - 1, 0), min(cols[-1] + 2, w)))
+
+
 def overlay_rgb(display: np.ndarray, labels: np.ndarray, n_classes: int, alpha: float = 0.4) -> np.ndarray:
-    """Grey slice with translucent class fills and solid outlines (RGB uint8)."""
+    """Grey slice with translucent class fills and solid outlines (RGB uint8).
+    Only the box around the labels is blended: lesions are small."""
     import cv2
 
-    rgb = np.repeat(display[..., None], 3, axis=2).astype(np.float32)
-    for k in range(1, n_classes + 1):
-        m = labels == k
-        if not m.any():
-            continue
-        color = np.array(class_color(k), np.float32)
-        rgb[m] = (1 - alpha) * rgb[m] + alpha * color
-    out = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
-    for k in range(1, n_classes + 1):
-        m = (labels == k).astype(np.uint8)
-        if m.any():
-            contours, _ = cv2.findContours(m, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-            cv2.drawContours(out, contours, -1, class_color(k), 1)
+    grey = display if display.dtype == np.uint8 else np.clip(np.rint(display), 0, 255).astype(np.uint8)
+    out = cv2.cvtColor(np.ascontiguousarray(grey), cv2.COLOR_GRAY2RGB)
+    labels = np.asarray(labels, np.uint8)
+    box = _label_box(labels)
+    if box is None:
+        return out
+    sub = labels[box]
+    index = (sub.astype(np.uint16) << 8) | grey[box]
+    out[box] = _blend_table(n_classes, float(alpha)).take(index, axis=0)
+    offset = (box[1].start, box[0].start)
+    for k in _present(sub, n_classes):
+        contours, _ = cv2.findContours((sub == k).view(np.uint8), cv2.RETR_LIST,
+                                       cv2.CHAIN_APPROX_NONE, offset=offset)
+        cv2.drawContours(out, contours, -1, class_color(k), 1)
     return out
 
 
@@ -102,15 +140,39 @@ def write_overlays(display: np.ndarray, labels: np.ndarray, class_names: list[st
     n = len(class_names)
     h, w = display.shape[1:]
     f = max(1, int(np.ceil(256 / w))) if w < 256 else 1
-    for z in range(display.shape[0]):
+    legends: dict[tuple[int, ...], np.ndarray] = {}  # few distinct ones per study
+
+    def one(z: int) -> None:
         img, lab = display[z], labels[z]
         if f > 1:
             img = cv2.resize(img, (w * f, h * f), interpolation=cv2.INTER_NEAREST)
             lab = cv2.resize(lab, (w * f, h * f), interpolation=cv2.INTER_NEAREST)
+        present = _present(lab, n)
         ov = overlay_rgb(img, lab, n)
-        present = {int(v) for v in np.unique(lab) if v}
-        out = np.concatenate([ov, _legend_band(ov.shape[1], class_names, present)], axis=0)
-        _imwrite(folder / slice_filename(z), out[..., ::-1])  # cv2 wants BGR
+        key = tuple(present)
+        if key not in legends:
+            legends[key] = _legend_band(ov.shape[1], class_names, set(present))
+        out = np.concatenate([ov, legends[key]], axis=0)
+        _imwrite(folder / slice_filename(z), cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
+
+    _for_each_slice(one, display.shape[0])
+
+
+def _for_each_slice(fn, n: int) -> None:
+    """Run fn(z) for every slice on two threads: PNG encoding and the numpy
+    work release the GIL, so the second core is not left idle."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(2, cores, n)
+    if workers < 2:
+        for z in range(n):
+            fn(z)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in pool.map(fn, range(n)):  # re-raises the first failure
+            pass
 
 
 # --------------------------------------------------------------------------
@@ -134,7 +196,13 @@ def montage_slices(labels: np.ndarray, max_panels: int = 12) -> list[int]:
 def write_montage(display: np.ndarray, labels: np.ndarray, class_names: list[str], path: Path,
                   title: str, slice_names: list[str] | None = None) -> list[int]:
     """Grid of lesion slices with a legend and the research notice; returns
-    the slice indices shown."""
+    the slice indices shown.
+
+    Matplotlib draws only the text (one figure, no Axes); the panels are
+    pasted into its pixels: an Axes per panel (ticks, title layout, image
+    resampling) cost several times more than everything else here. Panels
+    are shrunk by area averaging, so thin outlines fade rather than vanish."""
+    import cv2
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
@@ -143,24 +211,37 @@ def write_montage(display: np.ndarray, labels: np.ndarray, class_names: list[str
     n = len(zs)
     cols = min(4, n)
     rows = int(np.ceil(n / cols))
-    fig = Figure(figsize=(3.0 * cols, 3.0 * rows + 1.1), dpi=100)
-    FigureCanvasAgg(fig)
+    dpi, cell, top, bottom, caption = 100, 300, 45, 65, 16  # pixels
+    width, height = max(cols * cell, 600), rows * cell + top + bottom  # room for the legend
+    left = (width - cols * cell) // 2
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, facecolor="white")
+    agg = FigureCanvasAgg(fig)
     any_lesion = bool((labels > 0).any())
     fig.suptitle(title if any_lesion else f"{title}: no hemorrhage detected", fontsize=11)
+    h, w = display.shape[1:]
+    box = cell - caption - 8
+    scale = min(box / h, box / w)
+    ph, pw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST
+    panels = []
     for i, z in enumerate(zs):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        ax.imshow(overlay_rgb(display[z], labels[z], len(class_names)), interpolation="nearest")
+        r, c = divmod(i, cols)
+        panels.append((top + r * cell + caption + (box - ph) // 2, left + c * cell + (cell - pw) // 2, z))
         name = f" ({slice_names[z]})" if slice_names and len(slice_names) > z else ""
-        ax.set_title(f"slice {z}{name}", fontsize=7)
-        ax.axis("off")
+        fig.text((left + (c + 0.5) * cell) / width, 1 - (top + r * cell + caption / 2 + 2) / height,
+                 f"slice {z}{name}", ha="center", va="center", fontsize=7)
     handles = [Patch(color=np.array(class_color(k)) / 255.0, label=nm)
                for k, nm in enumerate(class_names, start=1)]
     fig.legend(handles=handles, loc="lower center", ncol=min(3, len(handles)), fontsize=8,
-               frameon=False, bbox_to_anchor=(0.5, 0.04))
+               frameon=False, bbox_to_anchor=(0.5, 16 / height))
     fig.text(0.5, 0.005, RESEARCH_NOTICE, ha="center", va="bottom", fontsize=7, color="#a00")
-    fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.5 / (3.0 * rows + 1.1),
-                        bottom=0.9 / (3.0 * rows + 1.1), wspace=0.05, hspace=0.2)
-    fig.savefig(path, format="png")
+    agg.draw()
+    canvas = np.asarray(agg.buffer_rgba())[..., :3].copy()
+    for y0, x0, z in panels:
+        panel = overlay_rgb(display[z], labels[z], len(class_names))
+        canvas[y0:y0 + ph, x0:x0 + pw] = cv2.resize(panel, (pw, ph), interpolation=interp)
+    # one image, embedded in report.html: worth a tighter compression
+    _imwrite(path, cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR), (cv2.IMWRITE_PNG_COMPRESSION, 3))
     return zs
 
 
@@ -202,7 +283,9 @@ def write_dicom_seg(labels: np.ndarray, study, class_names: list[str], path: Pat
     from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid
 
-    present = [k for k in range(1, len(class_names) + 1) if np.any(labels == k)]
+    labels = np.asarray(labels, np.uint8)
+    counts = np.bincount(labels.ravel(), minlength=len(class_names) + 1)
+    present = [k for k in range(1, len(class_names) + 1) if counts[k]]
     if not present:
         return []
     algo = hd.AlgorithmIdentificationSequence(
@@ -221,7 +304,11 @@ def write_dicom_seg(labels: np.ndarray, study, class_names: list[str], path: Pat
             tracking_id=f"hemoseg label {k}",
             display_color=CIELabColor.from_rgb(r, g, b),
         ))
-    mask = np.stack([labels == k for k in present], axis=-1)
+    # A label map numbered by segment gives highdicom the same frames as one
+    # boolean plane per segment, without checking and packing a 4-D array.
+    segment_of = np.zeros(256, np.uint8)
+    segment_of[present] = np.arange(1, len(present) + 1)
+    mask = segment_of[labels]
     seg = Segmentation(
         source_images=study.dicom,
         pixel_array=mask,

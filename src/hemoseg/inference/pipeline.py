@@ -111,8 +111,10 @@ def write_study(study: Study, labels: np.ndarray, class_names: list[str], prepro
                 files["dicom_seg"] = "seg.dcm"
             else:
                 warnings.append("DICOM SEG not written: no hemorrhage found, nothing to encode")
-    m = measure(labels, study.spacing, class_names)
-    per_slice = [[int(v) for v in np.unique(labels[z]) if v] for z in range(labels.shape[0])]
+    m = measure(labels[(slice(None), *_lesion_box(labels))], study.spacing, class_names)
+    n = len(class_names)
+    per_slice = [[k for k, c in enumerate(np.bincount(labels[z].ravel(), minlength=n + 1)) if k and c]
+                 if labels[z].any() else [] for z in range(labels.shape[0])]
     model = dict(model or {})
     model.setdefault("class_names", list(class_names))
     rep = reporting.build_report(study, m, origin=origin or (study.source_paths[0] if
@@ -121,6 +123,17 @@ def write_study(study: Study, labels: np.ndarray, class_names: list[str], prepro
                                  warnings=warnings)
     reporting.write_report(rep, folder, montage)
     return rep
+
+
+def _lesion_box(labels: np.ndarray) -> tuple[slice, slice]:
+    """Rows and columns holding every labelled voxel. Measuring inside them
+    gives the same numbers (only background is cut; slice indices are kept)
+    while the 3-D connected-component passes look at a fraction of the volume."""
+    rows = np.flatnonzero(labels.any(axis=(0, 2)))
+    if not rows.size:
+        return slice(None), slice(None)
+    cols = np.flatnonzero(labels[:, rows[0]:rows[-1] + 1].any(axis=(0, 1)))
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
 def _replace_dir(tmp: Path, final: Path, force: bool) -> None:

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from hemoseg.errors import HemosegError
 from hemoseg.inference.backends import ONNX_FILE, OnnxBackend, TorchBackend
-from hemoseg.models.heads import labels_from_probabilities, probabilities
+from hemoseg.models.heads import probabilities
 from hemoseg.training.checkpoint import Checkpoint, load_checkpoint
 
 
@@ -66,20 +65,95 @@ class Predictor:
         """uint8 label volume (Z,H,W) at the study's original resolution."""
         pixels = study.pixels
         z, h, w = pixels.shape
-        size = self.preprocessing.size
         out = np.empty((z, h, w), np.uint8)
         for start in range(0, z, self.batch_size):
             chunk = pixels[start:start + self.batch_size]
             display = self.to_display(chunk, study.is_hu)
             small = np.stack([self.preprocessing.resize_image(s) for s in display])
-            probs = torch.from_numpy(self.probabilities(small, tta))
-            if (h, w) != (size, size):
-                # Resample probabilities, not labels, so borders stay smooth at full resolution.
-                probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
-            out[start:start + len(chunk)] = labels_from_probabilities(probs, self.mode).numpy()
+            probs = self.probabilities(small, tta)
+            # Labels of the bilinearly resampled probabilities, not resampled labels,
+            # so borders stay smooth at full resolution.
+            out[start:start + len(chunk)] = resampled_labels(probs, self.mode, h, w)
             if progress is not None:
                 progress(len(chunk))
         return out
+
+
+# --------------------------------------------------------------------------
+# labels at full resolution
+# --------------------------------------------------------------------------
+def channel_labels(probs: np.ndarray, mode: str, axis: int = 1, threshold: float = 0.5) -> np.ndarray:
+    """numpy twin of heads.labels_from_probabilities (first maximum wins ties).
+
+    One vectorised pass per channel: a reduction over a short, strided channel
+    axis (torch or numpy argmax) took ~1.8 s per 32 slices of 512x512 on 2 busy cores."""
+    probs = np.asarray(probs)
+    best = np.take(probs, 0, axis=axis).copy()
+    idx = np.zeros(best.shape, np.uint8)
+    for k in range(1, probs.shape[axis]):
+        pk = np.take(probs, k, axis=axis)
+        higher = pk > best
+        np.copyto(best, pk, where=higher)
+        idx[higher] = k
+    if mode == "multiclass":
+        return idx
+    return np.where(best > threshold, idx + 1, 0).astype(np.uint8)
+
+
+def _source_axis(n_in: int, n_out: int):
+    """Source index pair and weight per output index, as F.interpolate
+    (bilinear, align_corners=False) and cv2 INTER_LINEAR compute them."""
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    src = np.maximum(src, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.intp), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (src - i0).astype(np.float32)
+
+
+def _resize_probabilities(probs: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(B,C,S,S) -> (B,H,W,C) bilinear, align_corners=False (cv2 = F.interpolate)."""
+    import cv2
+
+    b, c = probs.shape[:2]
+    out = np.empty((b, h, w, c), np.float32)
+    for i in range(b):
+        r = cv2.resize(np.ascontiguousarray(probs[i].transpose(1, 2, 0)), (w, h),
+                       interpolation=cv2.INTER_LINEAR)
+        out[i] = r.reshape(h, w, c)
+    return out
+
+
+def resampled_labels(probs: np.ndarray, mode: str, h: int, w: int,
+                     dense_fraction: float = 0.15) -> np.ndarray:
+    """Labels of `probs` (B,C,S,S) bilinearly resampled to (H,W), computed only
+    where resampling can change them.
+
+    A bilinear value is a convex combination of (up to) four source pixels, and
+    a convex combination of probability vectors that share their arg-max (and,
+    for multilabel, all clear or all miss the threshold) keeps that label. So
+    pixels whose four sources agree take the source label directly; only those
+    on label borders are interpolated. When borders are everywhere (an
+    untrained model), the whole stack is resampled instead, which is cheaper."""
+    probs = np.asarray(probs, dtype=np.float32)
+    b, c, sh, sw = probs.shape
+    low = channel_labels(probs, mode)
+    if (sh, sw) == (h, w):
+        return low
+    y0, y1, wy = _source_axis(sh, h)
+    x0, x1, wx = _source_axis(sw, w)
+    top, bottom = low[:, y0], low[:, y1]
+    out = top[:, :, x0]
+    border = (out != top[:, :, x1]) | (out != bottom[:, :, x0]) | (out != bottom[:, :, x1])
+    if border.mean() > dense_fraction:
+        return channel_labels(_resize_probabilities(probs, h, w), mode, axis=3)
+    bi, yi, xi = np.nonzero(border)
+    if bi.size:
+        ya, yb, xa, xb = y0[yi], y1[yi], x0[xi], x1[xi]
+        ly, lx = wy[yi, None], wx[xi, None]
+        top_row = probs[bi, :, ya, xa] * (1 - lx) + probs[bi, :, ya, xb] * lx
+        bottom_row = probs[bi, :, yb, xa] * (1 - lx) + probs[bi, :, yb, xb] * lx
+        out[bi, yi, xi] = channel_labels(top_row * (1 - ly) + bottom_row * ly, mode)
+    return out
 
 
 def check_compatible(pred: Predictor, class_names: list[str]) -> None:
