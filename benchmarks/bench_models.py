@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 CPU_DEFAULTS = dict(width=16, size=128, batch=8, infer_batch=32, steps=4, workers=0, min_seconds=2.0)
-GPU_DEFAULTS = dict(width=64, size=256, batch=16, infer_batch=32, steps=30, workers=4, min_seconds=1.0)
+GPU_DEFAULTS = dict(width=64, size=256, batch=16, infer_batch=32, steps=60, workers=8, min_seconds=1.0)
 JOBS = ["hemoseg:train", "monai:train", "hemoseg:infer", "monai:infer", "hemoseg:onnx"]
 
 
@@ -44,11 +44,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--size", type=int, help="input side (CPU 128, GPU 256); a multiple of 16")
     p.add_argument("--batch", type=int, help="training batch (CPU 8, GPU 16)")
     p.add_argument("--infer-batch", type=int, help="large inference batch (default 32)")
-    p.add_argument("--steps", type=int, help="timed training steps (CPU 4, GPU 30)")
+    p.add_argument("--steps", type=int, help="timed training steps (CPU 4, GPU 60)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compile, allocator, cuDNN autotune)")
     p.add_argument("--min-seconds", type=float, help="time each inference batch size at least this long")
     p.add_argument("--classes", type=int, default=5, help="foreground classes; the head has classes+1 outputs")
-    p.add_argument("--workers", type=int, help="DataLoader workers (CPU 0, GPU 4)")
+    p.add_argument("--workers", type=int, help="DataLoader workers (CPU 0, GPU 8)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast + channels_last (CUDA only)")
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
     p.add_argument("--threads", type=int, help="CPU intra-op threads for torch and ONNX Runtime (default: all cores)")
@@ -161,7 +161,7 @@ def job_train(name: str, args) -> dict:
     dev = torch.device(args.device)
     use_amp = args.amp and dev.type == "cuda"
     torch.manual_seed(0)
-    cache = fake_cache(args, max(4 * args.batch, 32))
+    cache = fake_cache(args, max(16 * args.batch, 32))  # many batches per epoch: workers stay busy
     ds = SegmentationDataset(cache, Preprocessing(size=args.size, mean=0.25, std=0.3), build_augmentation("default", 0))
     loader = DataLoader(ds, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=args.workers,
                         pin_memory=dev.type == "cuda", persistent_workers=args.workers > 0)
@@ -278,6 +278,7 @@ def job_onnx(args) -> dict:
 
 def run_job(job: str, args) -> dict:
     name, kind = job.split(":")
+    torch.backends.cudnn.benchmark = True  # both models: fixed shapes, fastest kernels
     if args.threads:
         torch.set_num_threads(args.threads)
     if kind == "train":

@@ -41,6 +41,8 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--workers", type=int, help="data loader worker processes")
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
+    p.add_argument("--fp32", dest="amp", action="store_const", const=False,
+                   help="full float32 on CUDA (default there: bf16 autocast + channels_last)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--gpus", type=int, help="launch N processes with torchrun (DistributedDataParallel)")
     p.add_argument("--quiet", action="store_true")
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = PRESETS[args.preset].override(
         mode=args.mode, width=width, attention=args.attention, epochs=args.epochs, batch_size=args.batch_size,
         steps_per_epoch=args.steps_per_epoch, lr=args.lr, size=args.size, patch=args.patch, max_minutes=args.max_minutes,
-        patience=args.patience, seed=args.seed, workers=args.workers, compile=args.compile)
+        patience=args.patience, seed=args.seed, workers=args.workers, compile=args.compile, amp=args.amp)
     summary = Trainer(dataset, out, cfg, resume=bool(args.resume), force=args.force, device=args.device,
                       quiet=args.quiet).run()
     if int(os.environ.get("RANK", "0")) == 0:

@@ -29,7 +29,7 @@ class TrainConfig:
     patience: int | None = None         # early stopping, in epochs without val improvement
     max_minutes: float | None = None    # wall-clock budget; the LR schedule anneals to it
     seed: int = 0
-    workers: int = 0
+    workers: int | None = None          # None: 0 on CPU, up to 8 worker processes on CUDA
     compile: bool = False
     amp: bool = True                    # bf16 autocast + channels_last on CUDA only
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -50,6 +51,17 @@ def select_device(name: str | None) -> torch.device:
     if name:
         return torch.device(name)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def loader_workers(requested: int | None, device: torch.device, world: int = 1) -> int:
+    """On CUDA, augmentation runs in worker processes so the GPU never waits on it;
+    on CPU, workers would compete with the model for the same few cores."""
+    if requested is not None:
+        return requested
+    if device.type != "cuda":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(min(8, cores // max(world, 1) - 1), 0)
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -131,6 +143,8 @@ class Trainer:
                  f"{count_parameters(model) / 1e6:.2f} M parameters | device {dev} x{ctx.world}")
 
         use_amp = cfg.amp and dev.type == "cuda"
+        if dev.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest conv kernels once
         if ctx.enabled:
             model = convert_sync_batchnorm(model, dev)
         model.to(dev)
@@ -163,13 +177,13 @@ class Trainer:
         sampler = EpochSampler(data.train.has_lesion(), cfg.batch_size, cfg.steps_per_epoch,
                                cfg.foreground_fraction, cfg.seed, ctx.rank, ctx.world)
         train_ds = SegmentationDataset(data.train, prep, build_augmentation(cfg.augmentation, cfg.seed, cfg.patch))
-        loader_kw = dict(num_workers=cfg.workers, pin_memory=dev.type == "cuda",
-                         persistent_workers=cfg.workers > 0)
+        workers = loader_workers(cfg.workers, dev, ctx.world)
+        loader_kw = dict(num_workers=workers, pin_memory=dev.type == "cuda", persistent_workers=workers > 0)
         loader = DataLoader(train_ds, batch_sampler=sampler, **loader_kw)
         val_ds = SegmentationDataset(data.valid, prep, None)
         val_idx = list(range(ctx.rank, len(val_ds), ctx.world))
         val_loader = DataLoader(torch.utils.data.Subset(val_ds, val_idx), batch_size=max(cfg.batch_size // ctx.world, 1),
-                                shuffle=False, num_workers=min(cfg.workers, 2))
+                                shuffle=False, num_workers=min(workers, 2))
 
         total_steps = len(sampler) * cfg.epochs
         step = (start_epoch - 1) * len(sampler)
@@ -187,6 +201,7 @@ class Trainer:
 
         epoch = start_epoch - 1
         stop = False
+        last_plot = -math.inf
         for epoch in range(start_epoch, cfg.epochs + 1):
             sampler.set_epoch(epoch)
             net.train()
@@ -219,7 +234,8 @@ class Trainer:
                     counts += confusion(to_onehot(logits.detach().float(), cfg.mode, k),
                                         to_onehot(y, cfg.mode, k)).sum(0)
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+                if not self.quiet and (step % 20 == 0 or dev.type == "cpu"):  # .item() waits for the GPU
+                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
                 # Rank 0 decides: ranks that stopped at different steps would deadlock in DDP's all-reduce.
                 if budget and ctx.broadcast_flag(time.perf_counter() - t_start >= budget):
                     break
@@ -250,12 +266,17 @@ class Trainer:
                 save_checkpoint(self.out / run_dir.LAST, state, mcfg, data.classes, cfg.mode, prep, meta,
                                 extra_tensors=_optimizer_tensors(opt))
                 self._write_history(history)
-                plot_curves(history, self.out / run_dir.CURVES)
+                # Short GPU epochs: redraw the figure at most every 30 s, and always at the end.
+                if time.perf_counter() - last_plot > 30 or stop or epoch == cfg.epochs:
+                    plot_curves(history, self.out / run_dir.CURVES)
+                    last_plot = time.perf_counter()
             self.log(f"epoch {epoch:3d} | lr {lr:.2e} | train loss {row['train_loss']:.4f} dice {train_dice:.4f} | "
                      f"val loss {val_loss:.4f} dice {row['val_dice']:.4f}{' *' if improved else ''} | "
                      f"{epoch_s:.1f}s (data {data_time:.2f}s) {row['images_per_second']:.1f} img/s")
             if cfg.patience and bad_epochs >= cfg.patience:
                 self.log(f"early stop: no validation improvement for {cfg.patience} epochs")
+                if ctx.is_main:
+                    plot_curves(history, self.out / run_dir.CURVES)
                 break
             if stop:
                 self.log(f"time budget of {cfg.max_minutes} min reached")
