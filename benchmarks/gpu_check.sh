@@ -4,7 +4,7 @@
 # phe-dev-coco in gpu_data/ (the device machine cannot see ../shared).
 # Order = priority: throughput vs MONAI, the 3-minute phe-dev-coco run, fp32 vs bf16 Dice, compile.
 set -u
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 NO_ALBUMENTATIONS_UPDATE=1  # offline machine: skip the version check at import
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 W=/tmp/hemoseg_gpu; rm -rf "$W"; mkdir -p "$W"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1

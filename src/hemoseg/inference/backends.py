@@ -6,19 +6,15 @@ workstations without a GPU. Both take and return numpy float32 (B,C,H,W).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from hemoseg.cpus import cpu_threads
 from hemoseg.errors import HemosegError
 
 ONNX_FILE = "model.onnx"
-
-
-def cpu_threads() -> int:
-    return max(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 1)
 
 
 class TorchBackend:

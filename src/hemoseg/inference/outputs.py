@@ -161,11 +161,11 @@ def write_overlays(display: np.ndarray, labels: np.ndarray, class_names: list[st
 def _for_each_slice(fn, n: int) -> None:
     """Run fn(z) for every slice on two threads: PNG encoding and the numpy
     work release the GIL, so the second core is not left idle."""
-    import os
     from concurrent.futures import ThreadPoolExecutor
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = min(2, cores, n)
+    from hemoseg.cpus import cpu_threads
+
+    workers = min(2, cpu_threads(), n)
     if workers < 2:
         for z in range(n):
             fn(z)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -16,6 +15,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from hemoseg import __version__
+from hemoseg.cpus import cpu_threads
 from hemoseg.data.augment import build_augmentation
 from hemoseg.data.dataset import SegmentationDataset
 from hemoseg.data.preprocessing import Preprocessing
@@ -60,8 +60,7 @@ def loader_workers(requested: int | None, device: torch.device, world: int = 1) 
         return requested
     if device.type != "cuda":
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(min(8, cores // max(world, 1) - 1), 0)
+    return max(min(8, cpu_threads() // max(world, 1) - 1), 0)
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -266,8 +265,8 @@ class Trainer:
                 save_checkpoint(self.out / run_dir.LAST, state, mcfg, data.classes, cfg.mode, prep, meta,
                                 extra_tensors=_optimizer_tensors(opt))
                 self._write_history(history)
-                # Short GPU epochs: redraw the figure at most every 30 s, and always at the end.
-                if time.perf_counter() - last_plot > 30 or stop or epoch == cfg.epochs:
+                # Short GPU epochs: redraw the figure at most every 30 s here; once more after the loop.
+                if time.perf_counter() - last_plot > 30:
                     plot_curves(history, self.out / run_dir.CURVES)
                     last_plot = time.perf_counter()
             self.log(f"epoch {epoch:3d} | lr {lr:.2e} | train loss {row['train_loss']:.4f} dice {train_dice:.4f} | "
@@ -275,12 +274,12 @@ class Trainer:
                      f"{epoch_s:.1f}s (data {data_time:.2f}s) {row['images_per_second']:.1f} img/s")
             if cfg.patience and bad_epochs >= cfg.patience:
                 self.log(f"early stop: no validation improvement for {cfg.patience} epochs")
-                if ctx.is_main:
-                    plot_curves(history, self.out / run_dir.CURVES)
                 break
             if stop:
                 self.log(f"time budget of {cfg.max_minutes} min reached")
                 break
+        if ctx.is_main and history:
+            plot_curves(history, self.out / run_dir.CURVES)
         ctx.barrier()
         summary = {"best_val_dice": best, "epochs_run": epoch, "best_epoch": max(history, key=lambda h: h["val_dice"])["epoch"] if history else None,
                    "train_seconds": round(time.perf_counter() - t_start, 1), "data_summary": data.summary,
