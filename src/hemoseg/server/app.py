@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hemoseg import RESEARCH_NOTICE, __version__
-from hemoseg.server.jobs import Busy, Job, JobManager
+from hemoseg.server.jobs import VIEWER_ARRAYS, Busy, Job, JobManager
 from hemoseg.server.limits import ServerSettings
 from hemoseg.server.security import ACCEPTED, ApiError, prepare_upload, receive_upload, too_large
 
@@ -466,8 +466,9 @@ def create_app(predictor, settings: ServerSettings | None = None, *, work_dir: s
             slice_image_url=f"{base}/slices/{{z}}/image", slice_labels_url=f"{base}/slices/{{z}}/labels",
             volume_image_url=f"{base}/volume/image", volume_labels_url=f"{base}/volume/labels")
 
-    def _array_path(job: Job, what: str) -> Path:
-        return job.viewer_dir / ("image.npy" if what == "image" else "labels.npy")
+    def _viewer_array(job: Job, what: str) -> np.memmap:
+        name, dtype = VIEWER_ARRAYS[what]
+        return np.memmap(job.viewer_dir / name, dtype=dtype, mode="r", shape=tuple(job.volume["shape_zhw"]))
 
     @app.get("/api/jobs/{job_id}/slices/{z}/{what}", tags=["results"],
              summary="One slice as raw little-endian binary (image: int16, labels: uint8)",
@@ -478,7 +479,7 @@ def create_app(predictor, settings: ServerSettings | None = None, *, work_dir: s
     def slice_data(job_id: str = PathParam(pattern=JOB_ID), z: int = PathParam(ge=0),
                    what: Literal["image", "labels"] = PathParam()):
         job = done_or_409(job_id)
-        arr = np.load(_array_path(job, what), mmap_mode="r")
+        arr = _viewer_array(job, what)
         if z >= arr.shape[0]:
             raise ApiError(404, "no_slice", f"slice {z} is out of range (0..{arr.shape[0] - 1})")
         data = np.ascontiguousarray(arr[z])
@@ -495,24 +496,18 @@ def create_app(predictor, settings: ServerSettings | None = None, *, work_dir: s
     def volume_data(job_id: str = PathParam(pattern=JOB_ID),
                     what: Literal["image", "labels"] = PathParam()):
         job = done_or_409(job_id)
-        path = _array_path(job, what)
-        with open(path, "rb") as f:
-            fmt = np.lib.format
-            version = fmt.read_magic(f)
-            reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-            shape, _, dtype = reader(f)
-            offset = f.tell()
+        name, dtype = VIEWER_ARRAYS[what]
+        path = job.viewer_dir / name
 
         def chunks():
             with open(path, "rb") as fh:
-                fh.seek(offset)
                 while block := fh.read(1 << 20):
                     yield block
 
         return StreamingResponse(chunks(), media_type="application/octet-stream",
-                                 headers={"X-Shape": ",".join(map(str, shape)),
+                                 headers={"X-Shape": ",".join(map(str, job.volume["shape_zhw"])),
                                           "X-Dtype": dtype.name,
-                                          "Content-Length": str(path.stat().st_size - offset)})
+                                          "Content-Length": str(path.stat().st_size)})
 
     @app.get("/api/jobs/{job_id}/files/{name}", tags=["results"],
              summary="Download a result file: labels.nii.gz, seg.dcm, report.json/.csv/.html, "

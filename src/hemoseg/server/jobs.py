@@ -32,6 +32,8 @@ from hemoseg.server.limits import ServerSettings
 log = logging.getLogger("hemoseg.server")
 
 FINISHED = ("done", "failed", "cancelled")
+# What the viewer reads back per finished job: file name and little-endian dtype; shape is job.volume["shape_zhw"].
+VIEWER_ARRAYS = {"image": ("image.raw", np.dtype("<i2")), "labels": ("labels.raw", np.dtype("u1"))}
 
 
 class Busy(Exception):
@@ -304,9 +306,11 @@ class JobManager:
             write_study(study, labels, list(predictor.class_names), predictor.preprocessing,
                         job.result_dir, origin=origin, model=dict(self.model_info))
             job.viewer_dir.mkdir(exist_ok=True)
-            np.save(job.viewer_dir / "image.npy",
-                    np.clip(np.rint(study.pixels), -32768, 32767).astype("<i2"))
-            np.save(job.viewer_dir / "labels.npy", labels.astype(np.uint8))
+            # Raw arrays, shape kept in job.volume: .npy headers are parsed with ast, which is
+            # not thread-safe on Python 3.11 and failed under concurrent slice requests.
+            np.clip(np.rint(study.pixels), -32768, 32767).astype(VIEWER_ARRAYS["image"][1]).tofile(
+                job.viewer_dir / VIEWER_ARRAYS["image"][0])
+            labels.astype(VIEWER_ARRAYS["labels"][1]).tofile(job.viewer_dir / VIEWER_ARRAYS["labels"][0])
             job.volume = {"shape_zhw": list(study.shape), "is_hu": bool(study.is_hu),
                           "spacing_mm": list(study.spacing) if study.spacing else None,
                           "source": study.source}
