@@ -154,3 +154,15 @@ def test_class_in_valid_missing_from_train(synth, tmp_path, capsys):
 def test_size_must_fit_the_network_depth(synth, tmp_path, capsys):
     assert main(["train", str(synth), "--out", str(tmp_path / "run"), "--size", "50", "--quiet"]) == 2
     assert "must be a multiple of 16" in last_line(capsys)
+
+
+@pytest.mark.parametrize("flag, value, words", [("--epochs", "0", "must be positive"),
+                                                ("--workers", "-1", "must be zero or more"),
+                                                ("--lr", "abc", "not a number")])
+def test_impossible_numbers_are_refused_before_any_work(synth, tmp_path, capsys, flag, value, words):
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        main(["train", str(synth), "--out", str(run), flag, value])
+    assert exc.value.code == 2
+    assert f"argument {flag}: {words}" in last_line(capsys)
+    assert not run.exists()

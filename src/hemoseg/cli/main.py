@@ -14,8 +14,16 @@ from hemoseg.errors import HemosegError
 COMMANDS = ["synth", "data", "train", "evaluate", "predict", "export", "serve"]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A bad flag gets one line naming the problem, not the whole usage block;
+    subcommand parsers inherit this class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="hemoseg",
         description="Segment and measure intracranial hemorrhage on head CT. " + RESEARCH_NOTICE,
     )

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from hemoseg import RESEARCH_NOTICE
+from hemoseg.cli.argtypes import positive
 from hemoseg.errors import HemosegError
 
 EPILOG = """\
@@ -29,18 +30,6 @@ deleted at once from the page or with DELETE /api/jobs/{id}.
 """ + RESEARCH_NOTICE
 
 
-def _positive(kind):
-    def parse(text):
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return v
-    return parse
-
-
 def register(sub):
     p = sub.add_parser(
         "serve", help="web viewer and JSON API (upload a study, view overlays and volumes)",
@@ -51,15 +40,15 @@ def register(sub):
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this computer only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--max-upload-mb", type=_positive(float), default=512, metavar="N",
+    p.add_argument("--max-upload-mb", type=positive(float), default=512, metavar="N",
                    help="largest upload in MB (default 512)")
-    p.add_argument("--max-concurrent", type=_positive(int), default=1, metavar="N",
+    p.add_argument("--max-concurrent", type=positive(int), default=1, metavar="N",
                    help="studies segmented at the same time (default 1)")
     p.add_argument("--max-queue", type=int, default=4, metavar="N",
                    help="studies that may wait for a worker; more get HTTP 429 (default 4)")
-    p.add_argument("--keep-jobs", type=_positive(int), default=20, metavar="N",
+    p.add_argument("--keep-jobs", type=positive(int), default=20, metavar="N",
                    help="finished jobs whose results are kept (default 20)")
-    p.add_argument("--job-ttl-min", type=_positive(float), default=60, metavar="MIN",
+    p.add_argument("--job-ttl-min", type=positive(float), default=60, metavar="MIN",
                    help="minutes a finished job's results are kept (default 60)")
     p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
                    help="inference engine (default: auto)")

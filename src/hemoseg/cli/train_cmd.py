@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hemoseg.cli.argtypes import non_negative, positive
 from hemoseg.errors import HemosegError
 from hemoseg.models.config import SIZES
 
@@ -26,25 +27,25 @@ def register(sub) -> None:
     p.add_argument("--mode", choices=["binary", "multiclass", "multilabel"])
     p.add_argument("--model-size", choices=sorted(SIZES), help="width preset: " +
                    ", ".join(f"{k}={v}" for k, v in SIZES.items()))
-    p.add_argument("--width", type=int)
+    p.add_argument("--width", type=positive(int))
     p.add_argument("--no-attention", dest="attention", action="store_const", const=False,
                    help="plain U-Net baseline (same network, gates off)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--steps-per-epoch", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--size", type=int, help="input side length (default 256)")
-    p.add_argument("--patch", type=int, help="train on lesion-centred crops of this side (fully convolutional "
+    p.add_argument("--epochs", type=positive(int))
+    p.add_argument("--batch-size", type=positive(int))
+    p.add_argument("--steps-per-epoch", type=positive(int))
+    p.add_argument("--lr", type=positive(float))
+    p.add_argument("--size", type=positive(int), help="input side length (default 256)")
+    p.add_argument("--patch", type=positive(int), help="train on lesion-centred crops of this side (fully convolutional "
                    "inference still sees whole images)")
-    p.add_argument("--max-minutes", type=float, help="wall-clock budget; the LR schedule anneals to fit it")
-    p.add_argument("--patience", type=int, help="early stopping patience in epochs")
+    p.add_argument("--max-minutes", type=positive(float), help="wall-clock budget; the LR schedule anneals to fit it")
+    p.add_argument("--patience", type=positive(int), help="early stopping patience in epochs")
     p.add_argument("--seed", type=int)
-    p.add_argument("--workers", type=int, help="data loader worker processes")
+    p.add_argument("--workers", type=non_negative(int), help="data loader worker processes")
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
     p.add_argument("--fp32", dest="amp", action="store_const", const=False,
                    help="full float32 on CUDA (default there: bf16 autocast + channels_last)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument("--gpus", type=int, help="launch N processes with torchrun (DistributedDataParallel)")
+    p.add_argument("--gpus", type=positive(int), help="launch N processes with torchrun (DistributedDataParallel)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
 
