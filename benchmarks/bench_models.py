@@ -32,8 +32,9 @@ except ImportError:  # running from a checkout without `pip install -e .`
 import numpy as np
 import torch
 
-CPU_DEFAULTS = dict(width=16, size=128, batch=8, infer_batch=32, steps=4, workers=0, min_seconds=2.0)
-GPU_DEFAULTS = dict(width=64, size=256, batch=16, infer_batch=32, steps=60, workers=8, min_seconds=1.0)
+CPU_DEFAULTS = dict(width=16, size=128, batch=8, infer_batch=32, steps=4, workers=0, min_seconds=2.0, augment="loader")
+GPU_DEFAULTS = dict(width=64, size=256, batch=16, infer_batch=32, steps=60, workers=8, min_seconds=1.0,
+                    augment="device")
 JOBS = ["hemoseg:train", "monai:train", "hemoseg:infer", "monai:infer", "hemoseg:onnx"]
 
 
@@ -48,7 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compile, allocator, cuDNN autotune)")
     p.add_argument("--min-seconds", type=float, help="time each inference batch size at least this long")
     p.add_argument("--classes", type=int, default=5, help="foreground classes; the head has classes+1 outputs")
-    p.add_argument("--workers", type=int, help="DataLoader workers (CPU 0, GPU 8)")
+    p.add_argument("--workers", type=int, help="DataLoader workers for --augment loader (CPU 0, GPU 8)")
+    p.add_argument("--augment", choices=["loader", "device"],
+                   help="albumentations per sample in a DataLoader, or batched on the device (CPU loader, GPU device)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast + channels_last (CUDA only)")
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
     p.add_argument("--threads", type=int, help="CPU intra-op threads for torch and ONNX Runtime (default: all cores)")
@@ -153,8 +156,9 @@ def sync(dev: torch.device) -> None:
 def job_train(name: str, args) -> dict:
     from torch.utils.data import DataLoader
 
-    from hemoseg.data.augment import build_augmentation
+    from hemoseg.data.augment import POLICIES, build_augmentation
     from hemoseg.data.dataset import SegmentationDataset
+    from hemoseg.data.device_augment import DeviceAugment
     from hemoseg.data.preprocessing import Preprocessing
     from hemoseg.training.losses import SegmentationLoss
 
@@ -162,21 +166,31 @@ def job_train(name: str, args) -> dict:
     use_amp = args.amp and dev.type == "cuda"
     torch.manual_seed(0)
     cache = fake_cache(args, max(16 * args.batch, 32))  # many batches per epoch: workers stay busy
-    ds = SegmentationDataset(cache, Preprocessing(size=args.size, mean=0.25, std=0.3), build_augmentation("default", 0))
-    loader = DataLoader(ds, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=args.workers,
-                        pin_memory=dev.type == "cuda", persistent_workers=args.workers > 0)
+    prep = Preprocessing(size=args.size, mean=0.25, std=0.3)
+    if args.augment == "device":
+        augment = DeviceAugment(cache, prep, POLICIES["default"], None, dev)
+        keys = torch.Generator().manual_seed(0)
+
+        def batches():
+            while True:
+                idx = torch.randint(0, len(cache), (args.batch,), generator=keys).tolist()
+                seeds = torch.randint(0, 2**31 - 1, (args.batch,), generator=keys).tolist()
+                yield augment(list(zip(idx, seeds)))
+    else:
+        ds = SegmentationDataset(cache, prep, build_augmentation("default", 0))
+        loader = DataLoader(ds, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=args.workers,
+                            pin_memory=dev.type == "cuda", persistent_workers=args.workers > 0)
+
+        def batches():
+            while True:
+                yield from loader
     model = build(name, args).to(dev).train()
     params = sum(p.numel() for p in model.parameters())
     if use_amp:
         model = model.to(memory_format=torch.channels_last)
     fwd = torch.compile(model) if args.compile else model
     loss_fn = SegmentationLoss("multiclass", args.classes).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-
-    def batches():
-        while True:
-            yield from loader
-
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, **({"fused": True} if dev.type == "cuda" else {}))
     it = batches()
     data_s = 0.0
 
@@ -332,7 +346,7 @@ def main(argv=None) -> int:
         passthrough.append(a)
     report = {"benchmark": "hemoseg AttentionUNet vs monai.networks.nets.AttentionUnet",
               "settings": {k: getattr(args, k) for k in ("device", "width", "size", "batch", "infer_batch", "steps",
-                                                         "warmup", "min_seconds", "classes", "workers", "amp",
+                                                         "warmup", "min_seconds", "classes", "workers", "augment", "amp",
                                                          "compile", "threads")},
               "machine": machine(args), "results": {}}
     t0 = time.perf_counter()

@@ -40,7 +40,7 @@ def register(sub) -> None:
     p.add_argument("--max-minutes", type=positive(float), help="wall-clock budget; the LR schedule anneals to fit it")
     p.add_argument("--patience", type=positive(int), help="early stopping patience in epochs")
     p.add_argument("--seed", type=int)
-    p.add_argument("--workers", type=non_negative(int), help="data loader worker processes")
+    p.add_argument("--workers", type=non_negative(int), help="augment per sample (albumentations) in N loader processes; default on CUDA: batched on the GPU")
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
     p.add_argument("--fp32", dest="amp", action="store_const", const=False,
                    help="full float32 on CUDA (default there: bf16 autocast + channels_last)")

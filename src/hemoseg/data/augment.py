@@ -1,19 +1,52 @@
-"""Training-only augmentation (albumentations), seedable.
+"""Training-only augmentation policies, and their albumentations form.
 
-Two policies: "paper" reproduces the study's list (rotation, h/v flip,
-shift-scale-rotate, brightness/contrast); "default" drops the vertical flip
-(heads are never upside down on an axial CT) and uses milder intensity jitter
-so that HU-derived brightness keeps its meaning.
+A policy is data (`Policy`), so the same numbers drive two implementations:
+albumentations on the CPU, per sample (here), and a batched torch version that
+runs on the GPU (`device_augment.py`).
+
+"paper" reproduces the study's list (rotation, h/v flip, shift-scale-rotate,
+brightness/contrast); "default" drops the vertical flip (heads are never upside
+down on an axial CT) and uses milder intensity jitter so that HU-derived
+brightness keeps its meaning.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import albumentations as A
 import cv2
 
-POLICIES = ("none", "paper", "default")
+
+@dataclass(frozen=True)
+class Policy:
+    hflip: float = 0.0           # probabilities p_*; angles in degrees; fractions of the image side
+    vflip: float = 0.0
+    rotate_p: float = 0.0        # a separate rotation before the affine (the paper has both)
+    rotate: float = 0.0
+    affine_p: float = 0.0
+    translate: float = 0.0
+    scale: float = 0.0           # zoom in [1 - scale, 1 + scale]
+    affine_rotate: float = 0.0
+    intensity_p: float = 0.0
+    brightness: float = 0.0      # additive, fraction of full scale
+    contrast: float = 0.0        # multiplicative, 1 +- contrast
+
+
+POLICIES: dict[str, Policy | None] = {
+    "none": None,
+    "paper": Policy(hflip=0.5, vflip=0.5, rotate_p=0.5, rotate=15, affine_p=0.5, translate=0.0625, scale=0.1,
+                    affine_rotate=15, intensity_p=0.5, brightness=0.2, contrast=0.2),
+    "default": Policy(hflip=0.5, affine_p=0.7, translate=0.08, scale=0.15, affine_rotate=20,
+                      intensity_p=0.5, brightness=0.1, contrast=0.1),
+}
+
+
+def get_policy(name: str) -> Policy | None:
+    if name not in POLICIES:
+        raise ValueError(f"unknown augmentation policy {name!r}; choose from {tuple(POLICIES)}")
+    return POLICIES[name]
 
 
 def build_augmentation(policy: str, seed: int | None = None, patch: int | None = None) -> A.Compose | None:
@@ -21,26 +54,24 @@ def build_augmentation(policy: str, seed: int | None = None, patch: int | None =
     image has any. The network is fully convolutional, so it still predicts
     whole images; crops cut the cost of a step ~(size/patch)^2 while keeping full
     resolution, which is what thin bleeds need on a CPU budget."""
+    p = get_policy(policy)
     crop = [A.CropNonEmptyMaskIfExists(patch, patch)] if patch else []
-    if policy == "none":
+    if p is None:
         return A.Compose(crop, seed=seed) if crop else None
     border = dict(border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0)
-    if policy == "paper":
-        ops = [
-            A.Rotate(limit=15, p=0.5, **border),
-            A.HorizontalFlip(p=0.5),
-            A.VerticalFlip(p=0.5),
-            A.Affine(translate_percent=(-0.0625, 0.0625), scale=(0.9, 1.1), rotate=(-15, 15), p=0.5, **border),
-            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
-        ]
-    elif policy == "default":
-        ops = [
-            A.HorizontalFlip(p=0.5),
-            A.Affine(translate_percent=(-0.08, 0.08), scale=(0.85, 1.15), rotate=(-20, 20), p=0.7, **border),
-            A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
-        ]
-    else:
-        raise ValueError(f"unknown augmentation policy {policy!r}; choose from {POLICIES}")
+    ops = []
+    if p.rotate_p:
+        ops.append(A.Rotate(limit=p.rotate, p=p.rotate_p, **border))
+    if p.hflip:
+        ops.append(A.HorizontalFlip(p=p.hflip))
+    if p.vflip:
+        ops.append(A.VerticalFlip(p=p.vflip))
+    if p.affine_p:
+        ops.append(A.Affine(translate_percent=(-p.translate, p.translate), scale=(1 - p.scale, 1 + p.scale),
+                            rotate=(-p.affine_rotate, p.affine_rotate), p=p.affine_p, **border))
+    if p.intensity_p:
+        ops.append(A.RandomBrightnessContrast(brightness_limit=p.brightness, contrast_limit=p.contrast,
+                                              p=p.intensity_p))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return A.Compose(ops + crop, seed=seed)

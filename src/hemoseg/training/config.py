@@ -30,6 +30,7 @@ class TrainConfig:
     max_minutes: float | None = None    # wall-clock budget; the LR schedule anneals to it
     seed: int = 0
     workers: int | None = None          # None: 0 on CPU, up to 8 worker processes on CUDA
+    device_augment: bool | None = None  # batched augmentation on the training device; None: on for CUDA
     compile: bool = False
     amp: bool = True                    # bf16 autocast + channels_last on CUDA only
 

@@ -16,8 +16,9 @@ from tqdm import tqdm
 
 from hemoseg import __version__
 from hemoseg.cpus import cpu_threads
-from hemoseg.data.augment import build_augmentation
+from hemoseg.data.augment import build_augmentation, get_policy
 from hemoseg.data.dataset import SegmentationDataset
+from hemoseg.data.device_augment import DeviceAugment
 from hemoseg.data.preprocessing import Preprocessing
 from hemoseg.data.rasterize import num_outputs
 from hemoseg.errors import HemosegError
@@ -54,13 +55,22 @@ def select_device(name: str | None) -> torch.device:
 
 
 def loader_workers(requested: int | None, device: torch.device, world: int = 1) -> int:
-    """On CUDA, augmentation runs in worker processes so the GPU never waits on it;
-    on CPU, workers would compete with the model for the same few cores."""
+    """On CUDA, loader augmentation (when chosen) runs in worker processes so the GPU
+    never waits on it; on CPU, workers would compete with the model for the same few cores."""
     if requested is not None:
         return requested
     if device.type != "cuda":
         return 0
     return max(min(8, cpu_threads() // max(world, 1) - 1), 0)
+
+
+def use_device_augment(cfg: TrainConfig, device: torch.device) -> bool:
+    """Default: batched on-device warps on CUDA unless loader workers were asked for;
+    albumentations per sample on CPU (cv2 on cached uint8 is as fast there, and the
+    cores belong to the model anyway)."""
+    if cfg.device_augment is not None:
+        return cfg.device_augment
+    return device.type == "cuda" and cfg.workers is None
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -154,7 +164,8 @@ class Trainer:
             weights = inverse_frequency_weights(data.train.class_pixel_counts(k), data.train.targets.size)
         loss_fn = SegmentationLoss(cfg.mode, k, weights).to(dev)
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        opt = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        fused = {"fused": True} if dev.type == "cuda" else {}  # one kernel for all parameters
+        opt = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
 
         start_epoch, history, best, elapsed0 = 1, [], -1.0, 0.0
         if self.resume_from:
@@ -175,10 +186,15 @@ class Trainer:
 
         sampler = EpochSampler(data.train.has_lesion(), cfg.batch_size, cfg.steps_per_epoch,
                                cfg.foreground_fraction, cfg.seed, ctx.rank, ctx.world)
-        train_ds = SegmentationDataset(data.train, prep, build_augmentation(cfg.augmentation, cfg.seed, cfg.patch))
         workers = loader_workers(cfg.workers, dev, ctx.world)
-        loader_kw = dict(num_workers=workers, pin_memory=dev.type == "cuda", persistent_workers=workers > 0)
-        loader = DataLoader(train_ds, batch_sampler=sampler, **loader_kw)
+        if use_device_augment(cfg, dev):
+            augment = DeviceAugment(data.train, prep, get_policy(cfg.augmentation), cfg.patch, dev)
+            train_batches = lambda: map(augment, sampler)  # noqa: E731
+        else:
+            train_ds = SegmentationDataset(data.train, prep, build_augmentation(cfg.augmentation, cfg.seed, cfg.patch))
+            loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=workers, pin_memory=dev.type == "cuda",
+                                persistent_workers=workers > 0)
+            train_batches = lambda: loader  # noqa: E731
         val_ds = SegmentationDataset(data.valid, prep, None)
         val_idx = list(range(ctx.rank, len(val_ds), ctx.world))
         val_loader = DataLoader(torch.utils.data.Subset(val_ds, val_idx), batch_size=max(cfg.batch_size // ctx.world, 1),
@@ -212,7 +228,7 @@ class Trainer:
             bar = tqdm(total=len(sampler), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
                        disable=self.quiet, dynamic_ncols=True)
             t_data = time.perf_counter()
-            for x, y in loader:
+            for x, y in train_batches():
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
                 if use_amp:
                     x = x.contiguous(memory_format=torch.channels_last)
