@@ -40,13 +40,13 @@ class DeviceAugment:
 
     def __call__(self, keys: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """keys: (index, seed) pairs -> (x (B,1,P,P) float32, y as SegmentationDataset returns it)."""
-        idx = torch.tensor([k[0] for k in keys], device=self.device)
+        idx = self._upload(torch.tensor([k[0] for k in keys]))
         img = self.images[idx].unsqueeze(1).float().mul_(1.0 / 255.0)
         tgt = self.targets[idx]
         tgt = (tgt.unsqueeze(1) if tgt.ndim == 3 else tgt).float()
         if self.policy is not None or self.patch:
-            u = torch.from_numpy(np.stack([np.random.default_rng(s).random(_DRAWS) for _, s in keys]))
-            u = u.to(self.device, torch.float32, non_blocking=True)
+            u = self._upload(torch.from_numpy(np.stack([np.random.default_rng(s).random(_DRAWS, np.float32)
+                                                        for _, s in keys])))
             theta = self._theta(u, tgt)
             out = self.patch or self.size
             grid = F.affine_grid(theta, [len(keys), 1, out, out], align_corners=False)
@@ -58,6 +58,13 @@ class DeviceAugment:
         if self.mode == "multiclass":
             return x, tgt[:, 0].round().long()
         return x, tgt
+
+    def _upload(self, t: torch.Tensor) -> torch.Tensor:
+        """Host -> device without a sync: a pageable copy would make the CPU wait for
+        the previous step's kernels, leaving the GPU idle while the next step is queued."""
+        if self.device.type != "cuda":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
 
     # ------------------------------------------------------------------
     def _theta(self, u: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
