@@ -135,13 +135,17 @@ def engines_for(family: str, args, threads: list[int], tmp: Path) -> dict:
             t = threads[-1]  # BN folding in eager mode, where timings are not dominated by thread stalls
             out[f"hemoseg_torch_eager_bn_folded@{t}t"] = torch_engine(fold_bn(hemoseg_model(args)), t)
         return out
-    from hemoseg.inference.backends import OnnxBackend, export_onnx
+    from hemoseg.inference.backends import OnnxBackend, export_onnx, quantize_onnx
 
     model = hemoseg_model(args)
     dyn = tmp / "model.onnx"
     export_onnx(model, args.size, dyn)  # what `hemoseg export` writes (BN folded by the exporter)
     for t in threads:
         out[f"hemoseg_onnx@{t}t"] = onnx_engine(dyn, t)
+    int8 = tmp / "int8.onnx"  # what `hemoseg export --int8` writes; calibration content does not change speed
+    quantize_onnx(dyn, int8, np.random.default_rng(0).standard_normal((8, 1, args.size, args.size), np.float32))
+    for t in threads:
+        out[f"hemoseg_onnx_int8@{t}t"] = onnx_engine(int8, t)
     backend = OnnxBackend(dyn)  # the Predictor's exact session settings
     out[f"hemoseg_onnx_predictor_backend@{cpu_threads()}t"] = backend
     out[f"hemoseg_onnx_no_spinning@{main_t}t"] = onnx_engine(dyn, main_t, spinning=False)
