@@ -166,3 +166,11 @@ def test_impossible_numbers_are_refused_before_any_work(synth, tmp_path, capsys,
     assert exc.value.code == 2
     assert f"argument {flag}: {words}" in last_line(capsys)
     assert not run.exists()
+
+
+def test_class_weighting_flag_reaches_the_recipe(blobs, tmp_path, one_thread):
+    run = tmp_path / "run"
+    assert main(["train", str(blobs), "--out", str(run), "--size", "32", "--width", "4", "--epochs", "1",
+                 "--batch-size", "8", "--class-weighting", "--quiet"]) == 0
+    assert load_checkpoint(run).meta["train_config"]["class_weighting"] is True
+    assert PRESETS["default"].class_weighting is False  # the flag, not the preset, turned it on

@@ -37,6 +37,9 @@ def register(sub) -> None:
     p.add_argument("--size", type=positive(int), help="input side length (default 256)")
     p.add_argument("--patch", type=positive(int), help="train on lesion-centred crops of this side (fully convolutional "
                    "inference still sees whole images)")
+    p.add_argument("--class-weighting", action="store_const", const=True,
+                   help="multiclass: weight CE by inverse-sqrt class pixel frequency (more recall on rare, "
+                        "thin classes, less precision; see docs/recipe.md)")
     p.add_argument("--max-minutes", type=positive(float), help="wall-clock budget; the LR schedule anneals to fit it")
     p.add_argument("--patience", type=positive(int), help="early stopping patience in epochs")
     p.add_argument("--seed", type=int)
@@ -70,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = PRESETS[args.preset].override(
         mode=args.mode, width=width, attention=args.attention, epochs=args.epochs, batch_size=args.batch_size,
         steps_per_epoch=args.steps_per_epoch, lr=args.lr, size=args.size, patch=args.patch, max_minutes=args.max_minutes,
-        patience=args.patience, seed=args.seed, workers=args.workers, compile=args.compile, amp=args.amp)
+        patience=args.patience, seed=args.seed, workers=args.workers, compile=args.compile, amp=args.amp,
+        class_weighting=args.class_weighting)
     summary = Trainer(dataset, out, cfg, resume=bool(args.resume), force=args.force, device=args.device,
                       quiet=args.quiet).run()
     if int(os.environ.get("RANK", "0")) == 0:
