@@ -12,11 +12,16 @@ brightness keeps its meaning.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 
-import albumentations as A
-import cv2
+# albumentations otherwise asks PyPI for its latest version at import: a network
+# call from a clinical workstation that nobody asked for (and a warning offline).
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
 
 
 @dataclass(frozen=True)
