@@ -119,3 +119,21 @@ def test_trainer_learns_with_device_augmentation(tmp_path):
         torch.set_num_threads(n)
     assert summary["train_config"]["device_augment"] is True
     assert summary["best_val_dice"] > 0.8, summary["best_val_dice"]
+
+
+def test_two_ranks_see_exactly_the_single_process_batch():
+    """What keeps multi-GPU equal to one GPU with on-device augmentation: the
+    samples (and warps) of rank 0 and rank 1 together are the one-process batch."""
+    from hemoseg.training.sampling import EpochSampler
+
+    cache = blobs()
+    aug = DeviceAugment(cache, PREP, POLICIES["default"], 32, "cpu")
+    one = EpochSampler(cache.has_lesion(), 4, 3, 0.5, seed=5)
+    two = [EpochSampler(cache.has_lesion(), 4, 3, 0.5, seed=5, rank=r, world=2) for r in (0, 1)]
+    for s in (one, *two):
+        s.set_epoch(2)
+    for full, part0, part1 in zip(one, *two):
+        x, y = aug(full)
+        (x0, y0), (x1, y1) = aug(part0), aug(part1)
+        assert torch.allclose(x[0::2], x0, atol=1e-6) and torch.allclose(x[1::2], x1, atol=1e-6)
+        assert torch.equal(y[0::2], y0) and torch.equal(y[1::2], y1)
