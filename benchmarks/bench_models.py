@@ -53,7 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--augment", choices=["loader", "device"],
                    help="albumentations per sample in a DataLoader, or batched on the device (CPU loader, GPU device)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast + channels_last (CUDA only)")
-    p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument("--compile", nargs="?", const="default", metavar="MODE",
+                   help="torch.compile both models (MODE: default, reduce-overhead = CUDA graphs, max-autotune)")
     p.add_argument("--threads", type=int, help="CPU intra-op threads for torch and ONNX Runtime (default: all cores)")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime (CPU) measurement")
     p.add_argument("--jobs", default=",".join(JOBS), help=argparse.SUPPRESS)
@@ -188,7 +189,7 @@ def job_train(name: str, args) -> dict:
     params = sum(p.numel() for p in model.parameters())
     if use_amp:
         model = model.to(memory_format=torch.channels_last)
-    fwd = torch.compile(model) if args.compile else model
+    fwd = torch.compile(model, mode=args.compile) if args.compile else model
     loss_fn = SegmentationLoss("multiclass", args.classes).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, **({"fused": True} if dev.type == "cuda" else {}))
     it = batches()
@@ -244,7 +245,7 @@ def job_infer(name: str, args) -> dict:
     params = sum(p.numel() for p in model.parameters())
     if use_amp:
         model = model.to(memory_format=torch.channels_last)
-    fwd = torch.compile(model) if args.compile else model
+    fwd = torch.compile(model, mode=args.compile) if args.compile else model
 
     def make_input(b):
         x = torch.randn(b, 1, args.size, args.size, device=dev)
