@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     size = ckpt.preprocessing.size
     precision = "int8" if args.int8 else "fp32"
     fp32_out = out.with_suffix(".fp32.onnx") if args.int8 else out
-    staging = [Path(fp32_out).with_suffix(".tmp.onnx"), fp32_out if args.int8 else None]  # export_onnx's tmp
+    staging = [fp32_out.with_suffix(".tmp.onnx")] + ([fp32_out] if args.int8 else [])  # export_onnx's tmp
     t0 = time.perf_counter()
     try:
         export_onnx(model, size, fp32_out, opset=args.opset)
@@ -67,8 +67,7 @@ def run(args: argparse.Namespace) -> int:
         raise HemosegError(f"cannot write ONNX file ({exc.strerror or exc})", out) from None
     finally:
         for f in staging:
-            if f is not None:
-                f.unlink(missing_ok=True)
+            f.unlink(missing_ok=True)
     export_s = time.perf_counter() - t0
 
     report = parity_check(ckpt, model, out, args.samples, precision)

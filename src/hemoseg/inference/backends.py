@@ -66,7 +66,11 @@ class OnnxBackend:
 
 def export_onnx(model: torch.nn.Module, size: int, path: Path, opset: int = 17) -> None:
     """Export with a dynamic batch axis; fixed spatial size (the checkpoint's)."""
+    import importlib.util
     import warnings
+
+    if importlib.util.find_spec("onnx") is None:  # torch.onnx needs it; say so in one line
+        raise HemosegError("ONNX export needs the onnx package (pip install 'hemoseg[onnx]')")
 
     model = model.cpu().eval()
     x = torch.zeros(1, model.config.in_channels, size, size)
@@ -84,8 +88,12 @@ def quantize_onnx(src: Path, dst: Path, calibration: np.ndarray) -> None:
     measured on `calibration` (normalised CT slices, (N,1,S,S)). Convolutions, ~85%
     of CPU time, then run on integer kernels (VNNI where the CPU has it): about
     half the fp32 time on the 2-core CI VM. An approximation, so export checks it."""
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    import onnx  # export_onnx has already required it
+
+    try:
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    except ImportError:
+        raise HemosegError("int8 export needs onnxruntime's quantization tools (pip install 'hemoseg[onnx]')") from None
 
     class Slices(CalibrationDataReader):
         def __init__(self):
