@@ -52,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, help="DataLoader workers for --augment loader (CPU 0, GPU 8)")
     p.add_argument("--augment", choices=["loader", "device"],
                    help="albumentations per sample in a DataLoader, or batched on the device (CPU loader, GPU device)")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast + channels_last (CUDA only)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast + channels_last (CUDA, or a CPU with native bf16)")
     p.add_argument("--compile", nargs="?", const="default", metavar="MODE",
                    help="torch.compile both models (MODE: default, reduce-overhead = CUDA graphs, max-autotune)")
     p.add_argument("--threads", type=int, help="CPU intra-op threads for torch and ONNX Runtime (default: all cores)")
@@ -162,9 +162,10 @@ def job_train(name: str, args) -> dict:
     from hemoseg.data.device_augment import DeviceAugment
     from hemoseg.data.preprocessing import Preprocessing
     from hemoseg.training.losses import SegmentationLoss
+    from hemoseg.training.trainer import cpu_has_bf16
 
     dev = torch.device(args.device)
-    use_amp = args.amp and dev.type == "cuda"
+    use_amp = args.amp and (dev.type == "cuda" or cpu_has_bf16())
     torch.manual_seed(0)
     cache = fake_cache(args, max(16 * args.batch, 32))  # many batches per epoch: workers stay busy
     prep = Preprocessing(size=args.size, mean=0.25, std=0.3)
@@ -203,7 +204,7 @@ def job_train(name: str, args) -> dict:
         if use_amp:
             x = x.contiguous(memory_format=torch.channels_last)
         data_s += time.perf_counter() - t
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
             logits = fwd(x)
         loss = loss_fn(logits, y)
         opt.zero_grad(set_to_none=True)
@@ -238,8 +239,10 @@ def time_inference(fn, make_input, batch: int, min_seconds: float, dev) -> float
 
 
 def job_infer(name: str, args) -> dict:
+    from hemoseg.training.trainer import cpu_has_bf16
+
     dev = torch.device(args.device)
-    use_amp = args.amp and dev.type == "cuda"
+    use_amp = args.amp and (dev.type == "cuda" or cpu_has_bf16())
     torch.manual_seed(0)
     model = build(name, args).to(dev).eval()
     params = sum(p.numel() for p in model.parameters())
@@ -253,7 +256,7 @@ def job_infer(name: str, args) -> dict:
 
     @torch.inference_mode()
     def run(x):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
             return fwd(x)
 
     out = {"parameters": params}

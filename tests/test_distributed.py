@@ -38,7 +38,7 @@ from hemoseg.training.checkpoint import load_checkpoint
 REPO = Path(__file__).resolve().parents[1]
 RTOL = 1e-4
 COMMON = ["--preset", "paper", "--size", "32", "--width", "4", "--batch-size", "4", "--steps-per-epoch", "3",
-          "--lr", "3e-3", "--workers", "0", "--seed", "1", "--quiet"]
+          "--lr", "3e-3", "--workers", "0", "--seed", "1", "--fp32", "--quiet"]  # fp32: exact comparison
 RUN_FILES = {"best.safetensors", "last.safetensors", "history.csv", "curves.png", "summary.json", "train.log"}
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),

@@ -46,7 +46,7 @@ def register(sub) -> None:
     p.add_argument("--workers", type=non_negative(int), help="augment per sample (albumentations) in N loader processes; default on CUDA: batched on the GPU")
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
     p.add_argument("--fp32", dest="amp", action="store_const", const=False,
-                   help="full float32 on CUDA (default there: bf16 autocast + channels_last)")
+                   help="full float32 (default: bf16 autocast on CUDA and on CPUs with native bf16)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--gpus", type=positive(int), help="launch N processes with torchrun (DistributedDataParallel)")
     p.add_argument("--quiet", action="store_true")

@@ -32,7 +32,7 @@ class TrainConfig:
     workers: int | None = None          # None: 0 on CPU, up to 8 worker processes on CUDA
     device_augment: bool | None = None  # batched augmentation on the training device; None: on for CUDA
     compile: bool = False
-    amp: bool = True                    # bf16 autocast + channels_last on CUDA only
+    amp: bool = True                    # bf16 autocast on CUDA, and on CPUs with native bf16
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
