@@ -15,6 +15,7 @@ from PIL import Image
 from predict_fixtures import FakePredictor, ct_volume, write_ct_series, write_png
 
 from hemoseg import RESEARCH_NOTICE
+from hemoseg.inference.report import SKULL_MASK_NOTE
 from hemoseg.cli import predict_cmd
 from hemoseg.cli.main import main
 
@@ -75,6 +76,7 @@ def test_dicom_series_end_to_end(tmp_path, capsys, fake, run_dir):
     rep = json.loads((d / "report.json").read_text())
     iph = rep["classes"][0]
     assert rep["notice"] == RESEARCH_NOTICE and rep["spacing_mm"] == [2.5, 0.5, 0.5]
+    assert rep["postprocessing"] == [SKULL_MASK_NOTE]  # HU input: the report names the skull mask
     assert iph["voxels"] == 360 and iph["volume_ml"] == pytest.approx(BLOB_ML)
     assert iph["slices_involved"] == 3 and iph["max_area"] == pytest.approx(120 * 0.25)
     assert iph["abc2"]["c_mm"] == pytest.approx(7.5)
@@ -144,6 +146,7 @@ def test_png_has_no_spacing_and_says_so(tmp_path, capsys, fake, run_dir):
     rep = json.loads((d / "report.json").read_text())
     c = rep["classes"][0]
     assert rep["spacing_mm"] is None and rep["spacing_note"] == "volume unavailable: no spacing"
+    assert rep["postprocessing"] == []  # display values: no HU, no skull mask
     assert c["volume_ml"] is None and c["volume_note"] == "volume unavailable: no spacing"
     assert c["abc2"] is None and c["abc2_note"] == "volume unavailable: no spacing"
     assert c["max_area"] == 20 and c["max_area_unit"] == "px"

@@ -40,6 +40,8 @@ def register(sub) -> None:
     p.add_argument("--class-weighting", action="store_const", const=True,
                    help="multiclass: weight CE by inverse-sqrt class pixel frequency (more recall on rare, "
                         "thin classes, less precision; see docs/recipe.md)")
+    p.add_argument("--no-calibrate", dest="calibrate", action="store_const", const=False,
+                   help="skip fitting per-class logit offsets on validation after training (default preset fits them)")
     p.add_argument("--max-minutes", type=positive(float), help="wall-clock budget; the LR schedule anneals to fit it")
     p.add_argument("--patience", type=positive(int), help="early stopping patience in epochs")
     p.add_argument("--seed", type=int)
@@ -74,12 +76,14 @@ def run(args: argparse.Namespace) -> int:
         mode=args.mode, width=width, attention=args.attention, epochs=args.epochs, batch_size=args.batch_size,
         steps_per_epoch=args.steps_per_epoch, lr=args.lr, size=args.size, patch=args.patch, max_minutes=args.max_minutes,
         patience=args.patience, seed=args.seed, workers=args.workers, compile=args.compile, amp=args.amp,
-        class_weighting=args.class_weighting)
+        class_weighting=args.class_weighting, calibrate=args.calibrate)
     summary = Trainer(dataset, out, cfg, resume=bool(args.resume), force=args.force, device=args.device,
                       quiet=args.quiet).run()
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"best validation Dice {summary['best_val_dice']:.4f} at epoch {summary['best_epoch']} "
-              f"({summary['train_seconds']:.0f} s); run folder: {out}")
+              f"({summary['train_seconds']:.0f} s)"
+              + (f", {summary['val_dice_calibrated']:.4f} after calibration" if "val_dice_calibrated" in summary else "")
+              + f"; run folder: {out}")
     return 0
 
 

@@ -14,6 +14,7 @@ import torch
 
 from hemoseg.errors import HemosegError
 from hemoseg.inference.backends import ONNX_FILE, OnnxBackend, TorchBackend
+from hemoseg.inference.intracranial import intracranial_mask
 from hemoseg.models.heads import probabilities
 from hemoseg.training.checkpoint import Checkpoint, load_checkpoint
 
@@ -62,7 +63,9 @@ class Predictor:
         return probs.numpy()
 
     def predict_volume(self, study, tta: bool = False, progress=None) -> np.ndarray:
-        """uint8 label volume (Z,H,W) at the study's original resolution."""
+        """uint8 label volume (Z,H,W) at the study's original resolution.
+
+        With HU input, labels outside the skull are removed (intracranial.py)."""
         pixels = study.pixels
         z, h, w = pixels.shape
         out = np.empty((z, h, w), np.uint8)
@@ -73,7 +76,10 @@ class Predictor:
             probs = self.probabilities(small, tta)
             # Labels of the bilinearly resampled probabilities, not resampled labels,
             # so borders stay smooth at full resolution.
-            out[start:start + len(chunk)] = resampled_labels(probs, self.mode, h, w)
+            labels = resampled_labels(probs, self.mode, h, w)
+            if study.is_hu:
+                labels[~intracranial_mask(chunk, study.spacing[1] if study.spacing else None)] = 0
+            out[start:start + len(chunk)] = labels
             if progress is not None:
                 progress(len(chunk))
         return out

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from hemoseg import RESEARCH_NOTICE, __version__
+from hemoseg.inference.intracranial import BONE_HU
 from hemoseg.inference.volumes import NO_SPACING, StudyMeasurements
 
 REPORT_COLUMNS = [
@@ -38,6 +39,9 @@ def _now() -> str:
 
 def _round(x, nd=3):
     return None if x is None else round(float(x), nd)
+
+
+SKULL_MASK_NOTE = f"labels outside the skull's inner table (bone > {BONE_HU:.0f} HU) were removed"
 
 
 def build_report(study, measurements: StudyMeasurements, *, origin, files: dict,
@@ -78,6 +82,7 @@ def build_report(study, measurements: StudyMeasurements, *, origin, files: dict,
         "spacing_mm": list(measurements.spacing_mm) if measurements.spacing_mm else None,
         "spacing_note": None if measurements.spacing_mm else NO_SPACING,
         "model": model,
+        "postprocessing": ([SKULL_MASK_NOTE] if study.is_hu else []),
         "any_hemorrhage": measurements.total_voxels > 0,
         "total": {"voxels": measurements.total_voxels,
                   "volume_ml": _round(measurements.total_volume_ml, 4),
@@ -202,7 +207,8 @@ Any hemorrhage detected: <b>{"yes" if report["any_hemorrhage"] else "no"}</b></p
 {img}
 <p><small>hemoseg {e(report["hemoseg_version"])}; model run {e(str(model.get("run", "?")))},
 backend {e(str(model.get("backend", "?")))}, test-time augmentation
-{"on" if model.get("tta") else "off"}; created {e(report["created"])}.</small></p>
+{"on" if model.get("tta") else "off"}; created {e(report["created"])}.
+{"".join(" " + e(n) + "." for n in report.get("postprocessing", []))}</small></p>
 <div class="notice">{e(RESEARCH_NOTICE)}</div>
 </body></html>
 """)

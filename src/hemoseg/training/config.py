@@ -26,6 +26,7 @@ class TrainConfig:
     class_weighting: bool = False       # inverse-sqrt pixel frequency in CE
     foreground_fraction: float = 0.5    # share of samples drawn from images with lesions (None-like: 0 = plain shuffle)
     augmentation: str = "default"       # none | paper | default
+    calibrate: bool = True              # per-class logit offsets fitted on validation (training/calibration.py)
     patience: int | None = None         # early stopping, in epochs without val improvement
     max_minutes: float | None = None    # wall-clock budget; the LR schedule anneals to it
     seed: int = 0
@@ -51,7 +52,7 @@ PRESETS: dict[str, TrainConfig] = {
     "paper": TrainConfig(
         mode="binary", size=256, width=64, epochs=20, batch_size=8, optimizer="adam", lr=1e-4,
         weight_decay=0.0, schedule="constant", warmup=0.0, loss="bce_dice", foreground_fraction=0.0,
-        augmentation="paper",
+        augmentation="paper", calibrate=False,
     ),
     # Our recipe, chosen by validation experiments (docs/recipe.md).
     "default": TrainConfig(),

@@ -29,6 +29,7 @@ from hemoseg.training import run_dir
 from hemoseg.training.checkpoint import load_checkpoint, save_checkpoint
 from hemoseg.training.config import TrainConfig
 from hemoseg.training.curves import plot_curves
+from hemoseg.training.calibration import fit_offsets
 from hemoseg.training.data_setup import prepare_training_data
 from hemoseg.training.distributed import DistContext, convert_sync_batchnorm, init_from_env, shutdown
 from hemoseg.training.losses import SegmentationLoss, init_head_prior, inverse_frequency_weights
@@ -310,17 +311,54 @@ class Trainer:
                 break
         if ctx.is_main and history:
             plot_curves(history, self.out / run_dir.CURVES)
+        offsets = None
+        if ctx.is_main and cfg.calibrate and history:
+            offsets = self.calibrate(model, val_ds, k, autocast, channels_last)
         ctx.barrier()
         summary = {"best_val_dice": best, "epochs_run": epoch, "best_epoch": max(history, key=lambda h: h["val_dice"])["epoch"] if history else None,
                    "train_seconds": round(time.perf_counter() - t_start, 1), "data_summary": data.summary,
                    "parameters": count_parameters(model), "train_config": cfg.to_dict(), "world_size": ctx.world,
                    "device": str(dev)}
+        if offsets is not None:
+            summary["logit_offsets"] = offsets.values
+            summary["val_dice_calibrated"] = offsets.dice_after
         if len(history) >= 2:
             summary["epoch1_data_seconds"] = history[0]["data_seconds"]
             summary["epoch2_data_seconds"] = history[1]["data_seconds"]
         if ctx.is_main:
             (self.out / run_dir.SUMMARY).write_text(json.dumps(summary, indent=2))
         return summary
+
+    @torch.no_grad()
+    def calibrate(self, model, val_ds, k: int, autocast, channels_last: bool):
+        """Fit per-class logit offsets on validation and fold them into the best
+        checkpoint's head bias (training/calibration.py says why)."""
+        best_path = self.out / run_dir.BEST
+        ckpt = load_checkpoint(best_path)
+        model.load_state_dict(ckpt.model_state)
+        model.eval()
+        logits, targets = [], []
+        for x, y in DataLoader(val_ds, batch_size=self.cfg.batch_size):
+            x = x.to(self.device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                logits.append(model(x).float().cpu())
+            targets.append(y)
+        if not logits:
+            return None
+        off = fit_offsets(torch.cat(logits), torch.cat(targets), self.cfg.mode, k)
+        with torch.no_grad():
+            model.head.bias += torch.tensor(off.values, dtype=model.head.bias.dtype, device=model.head.bias.device)
+        prev = ckpt.meta.get("logit_offsets") or [0.0] * len(off.values)  # a resumed run may calibrate twice
+        meta = {**ckpt.meta, "logit_offsets": [round(a + b, 4) for a, b in zip(prev, off.values)],
+                "val_dice_calibrated": off.dice_after}
+        save_checkpoint(best_path, dict(model.state_dict()), ckpt.model_config, ckpt.classes, ckpt.mode,
+                        ckpt.preprocessing, meta)
+        self.log(f"calibration: per-class logit offsets {off.values} folded into the head of {best_path.name}; "
+                 f"validation Dice {off.dice_before:.4f} -> {off.dice_after:.4f} (fitted on validation, "
+                 f"so optimistic; the test split is the honest number)")
+        return off
 
     @torch.no_grad()
     def validate(self, net, loader, loss_fn, k: int, autocast) -> tuple[float, dict]:

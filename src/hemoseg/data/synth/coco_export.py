@@ -88,12 +88,15 @@ def make_split(seed: int, split: str, count: int, size: int = 256) -> list[Slice
 def _choose_slices(head, rng, kinds, n_slots, fov, probe=48, levels=14) -> list[float]:
     """Axial heights for a head's slices. Lesion heads: each slice aims at one
     of the head's lesions, found with a cheap low-resolution probe, so every
-    planned class really shows up. Normal heads: anywhere through the brain."""
+    planned class really shows up. Normal heads: anywhere from the skull base
+    to the vertex, because a CT study (and a Roboflow export of one) has those
+    slices too; a model never shown them paints lesions there."""
     s = head.scale
     zc = head.center[2]
     lo, hi = zc - 28 * s, zc + 62 * s
     if not kinds:
-        return sorted(float(z) for z in rng.uniform(lo, hi, n_slots))
+        base, top = zc - head.base * head.axes[2], zc + head.axes[2] + head.scalp
+        return sorted(float(z) for z in rng.uniform(base, top, n_slots))
     grid = np.linspace(lo, hi, levels)
     counts = np.zeros((levels, 7), dtype=np.int64)
     for i, z in enumerate(grid):
