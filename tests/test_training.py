@@ -74,6 +74,11 @@ def test_default_recipe_learns_and_writes_a_complete_run(blobs, tmp_path, capsys
     assert metrics["dice_pooled_mean"] > 0.8
     assert metrics["detection"]["images_with_lesion"] == 8 and metrics["detection"]["images_without_lesion"] == 2
     assert (run / "eval-test" / "per_image.csv").is_file() and (run / "eval-test" / "worst_cases.png").is_file()
+    # flip test-time augmentation: same outputs, recorded as such, still a working model
+    assert main(["evaluate", str(run), str(blobs), "--split", "test", "--tta", "--out", str(tmp_path / "tta"),
+                 "--quiet"]) == 0
+    tta = json.loads((tmp_path / "tta" / "metrics.json").read_text())
+    assert tta["tta"] is True and metrics["tta"] is False and tta["dice_pooled_mean"] > 0.8
 
 
 def test_patch_training_predicts_whole_images(blobs, tmp_path, one_thread):

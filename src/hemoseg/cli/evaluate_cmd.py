@@ -16,6 +16,7 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, help="output folder (default RUN/eval-SPLIT)")
     p.add_argument("--backend", default="torch", choices=["torch", "onnx", "auto"])
     p.add_argument("--pixel-spacing", type=float, help="mm per pixel, to report HD95 in mm")
+    p.add_argument("--tta", action="store_true", help="average with the left-right flipped image, as predict --tta")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
 
@@ -24,7 +25,8 @@ def run(args) -> int:
     from hemoseg.evaluation.evaluate import evaluate
 
     out = args.out or args.run / f"eval-{args.split}"
-    m = evaluate(args.run, args.dataset, args.split, out, args.backend, args.pixel_spacing, quiet=args.quiet)
+    m = evaluate(args.run, args.dataset, args.split, out, args.backend, args.pixel_spacing, quiet=args.quiet,
+                 tta=args.tta)
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
     print(f"{args.split}: {m['num_images']} images | loss {m['loss']:.4f} | Dice pooled {fmt(m['dice_pooled_mean'])} "
           f"| per image {fmt(m['dice_per_image'])} | paper-style {fmt(m['dice_paper_style'])} | "

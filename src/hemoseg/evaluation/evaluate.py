@@ -31,7 +31,7 @@ def _onehot(labels: np.ndarray, k: int) -> np.ndarray:
 
 
 def evaluate(run: Path, dataset: Path, split: str, out: Path, backend: str = "torch",
-             pixel_spacing: float | None = None, overlays: int = 4, quiet: bool = False) -> dict:
+             pixel_spacing: float | None = None, overlays: int = 4, quiet: bool = False, tta: bool = False) -> dict:
     pred = Predictor.from_run(run, backend)
     ds = load_dataset(dataset)
     if split not in ds.splits:
@@ -57,7 +57,7 @@ def evaluate(run: Path, dataset: Path, split: str, out: Path, backend: str = "to
         else:
             gt = _onehot(rasterize(rec, classes, "multiclass"), k)
         small = prep.resize_image(img)[None]
-        probs_small = pred.probabilities(small)
+        probs_small = pred.probabilities(small, tta)
         probs = torch.nn.functional.interpolate(torch.from_numpy(probs_small), size=img.shape, mode="bilinear",
                                                 align_corners=False)
         labels = labels_from_probabilities(probs, mode).numpy()[0]
@@ -104,7 +104,7 @@ def evaluate(run: Path, dataset: Path, split: str, out: Path, backend: str = "to
                                         if r.get(f"hd95_mm[{n}]") is not None] or [np.nan]))
                          if pixel_spacing else None),
         "split": split, "dataset": str(dataset), "run": str(run), "mode": mode,
-        "skipped": skipped, "backend": pred.backend.name,
+        "skipped": skipped, "backend": pred.backend.name, "tta": tta,
     })
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
