@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import time
@@ -26,10 +27,10 @@ from hemoseg.evaluation.metrics import confusion, summarize, to_onehot
 from hemoseg.models.attention_unet import build_model, count_parameters
 from hemoseg.models.config import ModelConfig
 from hemoseg.training import run_dir
+from hemoseg.training.calibration import fit_offsets
 from hemoseg.training.checkpoint import load_checkpoint, save_checkpoint
 from hemoseg.training.config import TrainConfig
 from hemoseg.training.curves import plot_curves
-from hemoseg.training.calibration import fit_offsets
 from hemoseg.training.data_setup import prepare_training_data
 from hemoseg.training.distributed import DistContext, convert_sync_batchnorm, init_from_env, shutdown
 from hemoseg.training.losses import SegmentationLoss, init_head_prior, inverse_frequency_weights
@@ -348,17 +349,16 @@ class Trainer:
         if not logits:
             return None
         off = fit_offsets(torch.cat(logits), torch.cat(targets), self.cfg.mode, k)
-        with torch.no_grad():
-            model.head.bias += torch.tensor(off.values, dtype=model.head.bias.dtype, device=model.head.bias.device)
+        model.head.bias += torch.tensor(off.values, dtype=model.head.bias.dtype, device=model.head.bias.device)
         prev = ckpt.meta.get("logit_offsets") or [0.0] * len(off.values)  # a resumed run may calibrate twice
-        meta = {**ckpt.meta, "logit_offsets": [round(a + b, 4) for a, b in zip(prev, off.values)],
-                "val_dice_calibrated": off.dice_after}
+        total = [round(a + b, 4) for a, b in zip(prev, off.values)]
+        meta = {**ckpt.meta, "logit_offsets": total, "val_dice_calibrated": off.dice_after}
         save_checkpoint(best_path, dict(model.state_dict()), ckpt.model_config, ckpt.classes, ckpt.mode,
                         ckpt.preprocessing, meta)
         self.log(f"calibration: per-class logit offsets {off.values} folded into the head of {best_path.name}; "
                  f"validation Dice {off.dice_before:.4f} -> {off.dice_after:.4f} (fitted on validation, "
                  f"so optimistic; the test split is the honest number)")
-        return off
+        return dataclasses.replace(off, values=total)
 
     @torch.no_grad()
     def validate(self, net, loader, loss_fn, k: int, autocast) -> tuple[float, dict]:
