@@ -44,6 +44,16 @@ def test_softmax_offsets_undo_a_known_bias_and_never_hurt():
     assert off.dice_before == pytest.approx(float(d0)) and off.dice_after == pytest.approx(float(d1))
 
 
+def test_classes_seen_in_too_few_validation_images_keep_offset_zero():
+    logits, target = biased_softmax_case()
+    target[2:, target[0] == 2] = 0  # class 2 now in only two images: too little to fit a bias on
+    off = fit_offsets(logits, target, "multiclass", 3)
+    assert off.values[2] == 0.0
+    sig_target = torch.stack([target == 1, target == 2], 1)
+    off = fit_offsets(logits[:, 1:3], sig_target, "multilabel", 2)
+    assert off.values[1] == 0.0
+
+
 def test_softmax_offsets_stay_zero_when_the_model_is_already_right():
     target = torch.zeros(2, 16, 16, dtype=torch.long)
     target[:, 2:8, 2:8] = 1
@@ -66,7 +76,8 @@ def test_sigmoid_offsets_move_each_threshold_on_its_own():
 
 def test_training_folds_the_offsets_into_the_best_checkpoint(tmp_path):
     data = make_blob_export(tmp_path / "blobs")
-    args = ["--size", "64", "--width", "8", "--epochs", "5", "--batch-size", "8", "--seed", "0", "--quiet"]
+    args = ["--size", "64", "--width", "8", "--epochs", "5", "--batch-size", "8", "--seed", "0", "--no-class-weighting",
+            "--quiet"]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread: the two runs below train bit for bit alike
     try:

@@ -173,9 +173,9 @@ def test_impossible_numbers_are_refused_before_any_work(synth, tmp_path, capsys,
     assert not run.exists()
 
 
-def test_class_weighting_flag_reaches_the_recipe(blobs, tmp_path, one_thread):
+def test_class_weighting_is_the_default_and_the_flag_turns_it_off(blobs, tmp_path, one_thread):
     run = tmp_path / "run"
     assert main(["train", str(blobs), "--out", str(run), "--size", "32", "--width", "4", "--epochs", "1",
-                 "--batch-size", "8", "--class-weighting", "--quiet"]) == 0
-    assert load_checkpoint(run).meta["train_config"]["class_weighting"] is True
-    assert PRESETS["default"].class_weighting is False  # the flag, not the preset, turned it on
+                 "--batch-size", "8", "--no-class-weighting", "--quiet"]) == 0
+    assert load_checkpoint(run).meta["train_config"]["class_weighting"] is False
+    assert PRESETS["default"].class_weighting is True and PRESETS["paper"].class_weighting is False

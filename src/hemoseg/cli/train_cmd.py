@@ -37,9 +37,9 @@ def register(sub) -> None:
     p.add_argument("--size", type=positive(int), help="input side length (default 256)")
     p.add_argument("--patch", type=positive(int), help="train on lesion-centred crops of this side (fully convolutional "
                    "inference still sees whole images)")
-    p.add_argument("--class-weighting", action="store_const", const=True,
-                   help="multiclass: weight CE by inverse-sqrt class pixel frequency (more recall on rare, "
-                        "thin classes, less precision; see docs/recipe.md)")
+    p.add_argument("--no-class-weighting", dest="class_weighting", action="store_const", const=False,
+                   help="multiclass: plain CE instead of CE weighted by inverse-sqrt class pixel frequency "
+                        "(the default preset weights; see docs/recipe.md)")
     p.add_argument("--no-calibrate", dest="calibrate", action="store_const", const=False,
                    help="skip fitting per-class logit offsets on validation after training (default preset fits them)")
     p.add_argument("--max-minutes", type=positive(float), help="wall-clock budget; the LR schedule anneals to fit it")

@@ -23,7 +23,7 @@ class TrainConfig:
     schedule: str = "cosine"            # constant | cosine
     warmup: float = 0.05                # fraction of training spent warming up
     loss: str = "ce_dice"               # bce_dice | ce_dice
-    class_weighting: bool = False       # inverse-sqrt pixel frequency in CE
+    class_weighting: bool = True        # multiclass: inverse-sqrt pixel frequency in CE (docs/recipe.md, exp. 17)
     foreground_fraction: float = 0.5    # share of samples drawn from images with lesions (None-like: 0 = plain shuffle)
     augmentation: str = "default"       # none | paper | default
     calibrate: bool = True              # per-class logit offsets fitted on validation (training/calibration.py)
@@ -52,7 +52,7 @@ PRESETS: dict[str, TrainConfig] = {
     "paper": TrainConfig(
         mode="binary", size=256, width=64, epochs=20, batch_size=8, optimizer="adam", lr=1e-4,
         weight_decay=0.0, schedule="constant", warmup=0.0, loss="bce_dice", foreground_fraction=0.0,
-        augmentation="paper", calibrate=False,
+        augmentation="paper", calibrate=False, class_weighting=False,
     ),
     # Our recipe, chosen by validation experiments (docs/recipe.md).
     "default": TrainConfig(),
