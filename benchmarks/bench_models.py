@@ -162,10 +162,10 @@ def job_train(name: str, args) -> dict:
     from hemoseg.data.device_augment import DeviceAugment
     from hemoseg.data.preprocessing import Preprocessing
     from hemoseg.training.losses import SegmentationLoss
-    from hemoseg.training.trainer import cpu_has_bf16
+    from hemoseg.training.trainer import native_bf16
 
     dev = torch.device(args.device)
-    use_amp = args.amp and (dev.type == "cuda" or cpu_has_bf16())
+    use_amp = args.amp and native_bf16(dev)
     torch.manual_seed(0)
     cache = fake_cache(args, max(16 * args.batch, 32))  # many batches per epoch: workers stay busy
     prep = Preprocessing(size=args.size, mean=0.25, std=0.3)
@@ -239,10 +239,10 @@ def time_inference(fn, make_input, batch: int, min_seconds: float, dev) -> float
 
 
 def job_infer(name: str, args) -> dict:
-    from hemoseg.training.trainer import cpu_has_bf16
+    from hemoseg.training.trainer import native_bf16
 
     dev = torch.device(args.device)
-    use_amp = args.amp and (dev.type == "cuda" or cpu_has_bf16())
+    use_amp = args.amp and native_bf16(dev)
     torch.manual_seed(0)
     model = build(name, args).to(dev).eval()
     params = sum(p.numel() for p in model.parameters())

@@ -12,9 +12,9 @@ backend (PyTorch, ONNX, int8) applies them with no extra code.
 
 Only classes present in at least MIN_IMAGES validation images get an offset;
 the others keep 0. On bhsd-mini-coco one validation image with a subdural bleed
-pulled its offset to the end of the grid, which is fitting noise, not a bias. The search grid includes 0 and a change is kept only
-if it raises the objective, so the result is never worse on validation than
-the plain model.
+pulled its offset to the end of the grid, which is fitting noise, not a bias.
+The search grid includes 0 and a change is kept only if it raises the
+objective, so the result is never worse on validation than the plain model.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def _fit_softmax(logits: torch.Tensor, target: torch.Tensor, k: int, rounds: int
     images_with = torch.stack([(target == j).flatten(1).any(1).sum() for j in range(1, c)])
     z = logits.permute(0, 2, 3, 1).reshape(-1, c)
     t = target.reshape(-1)
-    present = torch.bincount(t, minlength=c)[1:] > 0
+    present = images_with > 0
     off = torch.zeros(c)
     if not bool(present.any()):
         return Offsets(off.tolist(), float("nan"), float("nan"))

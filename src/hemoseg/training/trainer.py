@@ -74,8 +74,13 @@ def cpu_has_bf16() -> bool:
         return False
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Where bf16 autocast pays: CUDA, or a CPU with bf16 units."""
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
+
+
 def amp_enabled(cfg: TrainConfig, device: torch.device) -> bool:
-    return cfg.amp and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()))
+    return cfg.amp and native_bf16(device)
 
 
 def use_device_augment(cfg: TrainConfig, device: torch.device) -> bool:
