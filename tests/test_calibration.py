@@ -3,6 +3,8 @@ worse, leaves absent classes alone, and lands in the checkpoint's head."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -95,3 +97,14 @@ def test_training_folds_the_offsets_into_the_best_checkpoint(tmp_path):
         if key != "head.bias":
             assert torch.equal(v, plain.model_state[key]), key
     assert cal.meta["val_dice_calibrated"] > cal.meta["best_val_dice"]
+
+
+def test_lesion_free_validation_skips_calibration_and_keeps_json_strict(tmp_path):
+    data = make_blob_export(tmp_path / "blobs", n={"train": 10, "valid": 1, "test": 1})  # valid0 is a negative
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), "--size", "32", "--width", "4", "--epochs", "1",
+                 "--batch-size", "4", "--quiet"]) == 0
+    assert "logit_offsets" not in load_checkpoint(run).meta
+    summary = json.loads((run / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert "val_dice_calibrated" not in summary
+    assert "calibration skipped" in (run / "train.log").read_text()

@@ -354,6 +354,9 @@ class Trainer:
         if not logits:
             return None
         off = fit_offsets(torch.cat(logits), torch.cat(targets), self.cfg.mode, k)
+        if math.isnan(off.dice_before):  # no lesion in validation: nothing to fit, and NaN is not JSON
+            self.log("calibration skipped: the validation split has no lesion pixels")
+            return None
         model.head.bias += torch.tensor(off.values, dtype=model.head.bias.dtype, device=model.head.bias.device)
         prev = ckpt.meta.get("logit_offsets") or [0.0] * len(off.values)  # a resumed run may calibrate twice
         total = [round(a + b, 4) for a, b in zip(prev, off.values)]
