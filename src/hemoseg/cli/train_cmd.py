@@ -37,6 +37,9 @@ def register(sub) -> None:
     p.add_argument("--size", type=positive(int), help="input side length (default 256)")
     p.add_argument("--patch", type=positive(int), help="train on lesion-centred crops of this side (fully convolutional "
                    "inference still sees whole images)")
+    p.add_argument("--stem", type=positive(int),
+                   help="the network runs at size/N (average-pooled input) and learns the class fractions "
+                        "of the size-N labels, so thin bleeds keep sub-pixel borders (default 1)")
     p.add_argument("--no-class-weighting", dest="class_weighting", action="store_const", const=False,
                    help="multiclass: plain CE instead of CE weighted by inverse-sqrt class pixel frequency "
                         "(the default preset weights; see docs/recipe.md)")
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         mode=args.mode, width=width, attention=args.attention, epochs=args.epochs, batch_size=args.batch_size,
         steps_per_epoch=args.steps_per_epoch, lr=args.lr, size=args.size, patch=args.patch, max_minutes=args.max_minutes,
         patience=args.patience, seed=args.seed, workers=args.workers, compile=args.compile, amp=args.amp,
-        class_weighting=args.class_weighting, calibrate=args.calibrate)
+        class_weighting=args.class_weighting, calibrate=args.calibrate, stem=args.stem)
     summary = Trainer(dataset, out, cfg, resume=bool(args.resume), force=args.force, device=args.device,
                       quiet=args.quiet).run()
     if int(os.environ.get("RANK", "0")) == 0:

@@ -80,11 +80,23 @@ def resize_image(img: np.ndarray, size: int) -> np.ndarray:
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """Nearest neighbour, so labels stay labels. Accepts (H,W) or (C,H,W)."""
+    """Labels stay labels. Accepts (H,W) or (C,H,W).
+
+    Shrinking takes each output pixel's majority label (area fractions per
+    label value, ties to the lower value). Nearest neighbour would pick one
+    corner of each block and shift thin lesions by half a source pixel
+    against the area-resized image."""
     if mask.shape[-2:] == (size, size):
         return mask
     if mask.ndim == 3:
         return np.stack([resize_mask(m, size) for m in mask])
     dtype = mask.dtype
-    out = cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
-    return out.astype(dtype)
+    m = mask.astype(np.uint8)
+    if m.shape[0] < size or m.shape[1] < size:
+        return cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST).astype(dtype)
+    values = np.unique(m)
+    if len(values) == 1:
+        return np.full((size, size), values[0], dtype=dtype)
+    frac = np.stack([cv2.resize((m == v).astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+                     for v in values])
+    return values[frac.argmax(0)].astype(dtype)

@@ -20,6 +20,8 @@ import math
 import numpy as np
 import torch
 
+from hemoseg.models.heads import channel_argmax, probabilities
+
 
 def to_onehot(labels_or_probs: torch.Tensor, mode: str, num_classes: int, threshold: float = 0.5) -> torch.Tensor:
     """Network output or target -> bool (B, K, H, W) per foreground class.
@@ -29,11 +31,35 @@ def to_onehot(labels_or_probs: torch.Tensor, mode: str, num_classes: int, thresh
     """
     x = labels_or_probs
     if mode == "multiclass":
-        labels = x.argmax(1) if x.dim() == 4 else x
+        labels = channel_argmax(x) if x.dim() == 4 else x
         return torch.stack([labels == k + 1 for k in range(num_classes)], dim=1)
     if x.dtype.is_floating_point and (x.min() < 0 or x.max() > 1):  # logits
         return torch.sigmoid(x) > threshold
     return x > threshold
+
+
+def batch_confusion(logits: torch.Tensor, target: torch.Tensor, mode: str, num_classes: int) -> torch.Tensor:
+    """Logits vs the loss's target -> int64 (B, K, 3) TP, FP, FN per image and class.
+
+    A target grid finer than the logits (a pooling stem, ModelConfig.stem) is scored
+    where the labels live: probabilities are upsampled the way `hemoseg
+    predict` does it (bilinear, align_corners=False)."""
+    logits = logits.detach().float()
+    if logits.shape[-2:] != target.shape[-2:]:
+        logits = torch.nn.functional.interpolate(probabilities(logits, mode), size=tuple(target.shape[-2:]),
+                                                 mode="bilinear", align_corners=False)
+    if mode != "multiclass":
+        return confusion(to_onehot(logits, mode, num_classes), to_onehot(target, mode, num_classes))
+    # One bincount over (image, predicted, true) triples instead of 3K full-size boolean maps.
+    c = num_classes + 1
+    b = len(target)
+    pair = channel_argmax(logits) * c + target.long()
+    pair += torch.arange(b, device=pair.device).view(b, 1, 1) * (c * c)
+    m = torch.bincount(pair.flatten(), minlength=b * c * c).view(b, c, c)  # [image, pred, true]
+    tp = m.diagonal(dim1=1, dim2=2)
+    fp = m.sum(2) - tp
+    fn = m.sum(1) - tp
+    return torch.stack([tp, fp, fn], dim=-1)[:, 1:].long()
 
 
 def confusion(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,9 @@
 Encoder: `depth` levels of double 3x3 conv (BN, ReLU) with max-pool between.
 Decoder: transposed-conv upsampling; each skip passes an additive attention
 gate driven by the decoder feature before concatenation. Head: 1x1 conv, raw
-logits (the loss/predictor applies sigmoid or softmax).
+logits (the loss/predictor applies sigmoid or softmax). An optional
+average-pool stem (`ModelConfig.stem`) runs the network on a coarser grid than
+its input and labels.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class AttentionUNet(nn.Module):
         super().__init__()
         self.config = config
         chans = [config.width * 2**i for i in range(config.depth)]
+        self.stem = nn.AvgPool2d(config.stem) if config.stem > 1 else nn.Identity()
         self.encoders = nn.ModuleList(
             DoubleConv(cin, cout) for cin, cout in zip([config.in_channels] + chans[:-1], chans)
         )
@@ -67,9 +70,11 @@ class AttentionUNet(nn.Module):
     @property
     def stride(self) -> int:
         """Input sides must be a multiple of this."""
-        return 2 ** (self.config.depth - 1)
+        return self.config.stem * 2 ** (self.config.depth - 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in, S, S) -> logits (B, out, S/stem, S/stem)."""
+        x = self.stem(x)
         skips = []
         for i, enc in enumerate(self.encoders):
             x = enc(x if i == 0 else self.pool(x))

@@ -16,6 +16,14 @@ class ModelConfig:
     """Encoder levels including the bottleneck."""
     attention: bool = True
     """Additive attention gates on the skips. False gives the plain U-Net baseline."""
+    stem: int = 1
+    """Average-pool factor in front of the first level: the network computes at
+    input/stem, while its labels stay at the input size. Training then fits
+    each output pixel to the class fractions of the label pixels under it, so
+    a bleed thinner than an output pixel still has a place inside it, which the
+    bilinear upsampling of probabilities at inference recovers (docs/recipe.md,
+    experiment 18). Hard labels at the coarse grid cap subarachnoid Dice near
+    0.86 on the synthetic data; fractions, near 0.96."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -11,6 +11,7 @@ class TrainConfig:
     mode: str = "multiclass"            # binary | multiclass | multilabel
     size: int = 256
     patch: int | None = None            # train on lesion-centred crops of this side (None: whole images)
+    stem: int = 1                       # the network runs at size/stem and learns label fractions (models/config.py)
     width: int = 16
     depth: int = 5
     attention: bool = True

@@ -3,6 +3,10 @@
 Dice is computed per image and class, then averaged, so the loss is a plain
 mean over samples: gradients of a data-parallel run equal those of one
 process with the same global batch.
+
+Targets may come on a grid an integer factor finer than the logits (see
+data/dataset.py); they are then pooled into per-pixel class fractions, and
+both terms take the fractions as soft targets.
 """
 
 from __future__ import annotations
@@ -36,13 +40,32 @@ class SegmentationLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         if self.mode == "multiclass":
-            w = self.class_weights if self.class_weights.numel() else None
-            ce = F.cross_entropy(logits, target, weight=w)
-            probs = logits.softmax(1)[:, 1:]
-            onehot = F.one_hot(target, self.num_classes + 1).permute(0, 3, 1, 2)[:, 1:].to(probs.dtype)
-            return ce + soft_dice_loss(probs, onehot)
-        bce = F.binary_cross_entropy_with_logits(logits, target)
-        return bce + soft_dice_loss(torch.sigmoid(logits), target)
+            soft = soft_targets(target, self.num_classes + 1, logits.shape[-2:])
+            logp = logits.log_softmax(1)
+            if self.class_weights.numel():
+                # Weighted CE normalised by the total weight, as F.cross_entropy does for labels.
+                wt = soft * self.class_weights.view(1, -1, 1, 1)
+                ce = -(wt * logp).sum() / wt.sum().clamp_min(1e-12)
+            else:
+                ce = -(soft * logp).sum(1).mean()
+            return ce + soft_dice_loss(logp.exp()[:, 1:], soft[:, 1:])
+        soft = _pool(target.float(), logits.shape[-2:])
+        bce = F.binary_cross_entropy_with_logits(logits, soft)
+        return bce + soft_dice_loss(torch.sigmoid(logits), soft)
+
+
+def soft_targets(labels: torch.Tensor, channels: int, size) -> torch.Tensor:
+    """Label map (B, H, W), possibly finer than `size` -> class fractions (B, C, *size)."""
+    b, h, w = labels.shape
+    onehot = torch.zeros(b, channels, h, w, device=labels.device).scatter_(1, labels.long()[:, None], 1.0)
+    return _pool(onehot, size)
+
+
+def _pool(t: torch.Tensor, size) -> torch.Tensor:
+    r = t.shape[-1] // size[-1]
+    if t.shape[-2:] != tuple(size) and (r < 1 or t.shape[-2] != size[-2] * r or t.shape[-1] != size[-1] * r):
+        raise ValueError(f"target grid {tuple(t.shape[-2:])} is not an integer multiple of {tuple(size)}")
+    return F.avg_pool2d(t, r) if r > 1 else t
 
 
 def inverse_frequency_weights(pixel_counts, total_pixels: int) -> torch.Tensor:

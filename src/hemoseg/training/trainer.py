@@ -23,7 +23,7 @@ from hemoseg.data.device_augment import DeviceAugment
 from hemoseg.data.preprocessing import Preprocessing
 from hemoseg.data.rasterize import num_outputs
 from hemoseg.errors import HemosegError
-from hemoseg.evaluation.metrics import confusion, summarize, to_onehot
+from hemoseg.evaluation.metrics import batch_confusion, summarize
 from hemoseg.models.attention_unet import build_model, count_parameters
 from hemoseg.models.config import ModelConfig
 from hemoseg.training import run_dir
@@ -158,10 +158,12 @@ class Trainer:
                 Preprocessing(size=cfg.size, mean=round(float(pix.mean()), 6), std=round(float(pix.std()) or 1.0, 6)))
         del pix
         mcfg = ModelConfig(in_channels=1, out_channels=num_outputs(cfg.mode, k), width=cfg.width,
-                           depth=cfg.depth, attention=cfg.attention)
+                           depth=cfg.depth, attention=cfg.attention, stem=cfg.stem)
+        stride = cfg.stem * 2 ** (cfg.depth - 1)
         for name, side in (("size", cfg.size), ("patch", cfg.patch)):
-            if side and side % 2 ** (cfg.depth - 1):
-                raise HemosegError(f"--{name} {side} must be a multiple of {2 ** (cfg.depth - 1)} for depth {cfg.depth}")
+            if side and side % stride:
+                raise HemosegError(f"--{name} {side} must be a multiple of {stride} for depth {cfg.depth}"
+                                   + (f" and stem {cfg.stem}" if cfg.stem > 1 else ""))
         if cfg.patch and cfg.patch > cfg.size:
             raise HemosegError(f"--patch {cfg.patch} is larger than --size {cfg.size}")
         model = build_model(mcfg)
@@ -267,8 +269,7 @@ class Trainer:
                 loss_sum += loss.detach() * len(x)
                 n_seen += len(x)
                 with torch.no_grad():
-                    counts += confusion(to_onehot(logits.detach().float(), cfg.mode, k),
-                                        to_onehot(y, cfg.mode, k)).sum(0)
+                    counts += batch_confusion(logits, y, cfg.mode, k).sum(0)
                 bar.update(1)
                 if not self.quiet and (step % 20 == 0 or dev.type == "cpu"):  # .item() waits for the GPU
                     bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
@@ -349,7 +350,11 @@ class Trainer:
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast():
-                logits.append(model(x).float().cpu())
+                z = model(x).float()
+            # Offsets shift logits, so the fit sees logits on the label grid (bilinear is linear in them).
+            if z.shape[-2:] != y.shape[-2:]:
+                z = torch.nn.functional.interpolate(z, size=y.shape[-2:], mode="bilinear", align_corners=False)
+            logits.append(z.cpu())
             targets.append(y)
         if not logits:
             return None
@@ -380,7 +385,7 @@ class Trainer:
                 logits = net(x)
             loss_sum += loss_fn(logits, y) * len(x)
             n += len(x)
-            counts.append(confusion(to_onehot(logits.float(), self.cfg.mode, k), to_onehot(y, self.cfg.mode, k)))
+            counts.append(batch_confusion(logits, y, self.cfg.mode, k))
         c = torch.cat(counts) if counts else torch.zeros(0, len(self.metric_names), 3, dtype=torch.long, device=dev)
         pooled = self.ctx.sum(c.sum(0, keepdim=True))  # pooled Dice is exact after summing counts
         tot = self.ctx.sum(torch.stack([loss_sum, torch.tensor(float(n), device=dev)]))
