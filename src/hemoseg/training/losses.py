@@ -4,8 +4,8 @@ Dice is computed per image and class, then averaged, so the loss is a plain
 mean over samples: gradients of a data-parallel run equal those of one
 process with the same global batch.
 
-Targets may come on a grid an integer factor finer than the logits (see
-data/dataset.py); they are then pooled into per-pixel class fractions, and
+Targets may come on a grid an integer factor finer than the logits (a pooling
+stem, models/config.py); they are then pooled into per-pixel class fractions, and
 both terms take the fractions as soft targets.
 """
 
