@@ -72,8 +72,8 @@ def hemoseg_cmd() -> list[str]:
     return [sys.executable, "-m", "hemoseg"]
 
 
-def prepare(work: Path, width: int, size: int) -> tuple[Path, Path]:
-    data, run = work / "synth", work / f"run_w{width}"
+def prepare(work: Path, width: int, size: int, stem: int) -> tuple[Path, Path]:
+    data, run = work / "synth", work / f"run_w{width}_{size}px_stem{stem}"
     study = data / "dicom" / STUDY
     if not study.is_dir():
         subprocess.run(hemoseg_cmd() + ["synth", str(data), "--studies", "1", "--train", "4",
@@ -94,7 +94,7 @@ def prepare(work: Path, width: int, size: int) -> tuple[Path, Path]:
         ids = sorted(CLASS_NAMES)
         classes = ClassList(tuple(CLASS_NAMES[k] for k in ids), tuple(ids))
         mcfg = ModelConfig(in_channels=1, out_channels=num_outputs("multiclass", len(classes)),
-                           width=width, depth=5, attention=True)
+                           width=width, depth=5, attention=True, stem=stem)
         run.mkdir(parents=True, exist_ok=True)
         save_checkpoint(run / "best.safetensors", build_model(mcfg).state_dict(), mcfg, classes,
                         "multiclass", Preprocessing(size=size), {"epoch": 0, "note": "untrained"})
@@ -341,7 +341,8 @@ def main() -> None:
                     help="scratch folder: synthetic study, untrained run, outputs")
     ap.add_argument("--repeats", type=int, default=5, help="rounds per measurement (median reported)")
     ap.add_argument("--width", type=int, default=16, help="network width (16 = default model)")
-    ap.add_argument("--size", type=int, default=256, help="network input size")
+    ap.add_argument("--size", type=int, default=512, help="model input size (default preset: 512)")
+    ap.add_argument("--stem", type=int, default=2, help="pooling stem (default preset: 2, so the network runs at 256)")
     ap.add_argument("--only", nargs="*", default=["pipeline", "onnx", "torch", "cli"],
                     choices=["pipeline", "onnx", "torch", "cli"])
     ap.add_argument("--out", type=Path, help="also write the JSON here")
@@ -356,13 +357,13 @@ def main() -> None:
         return
 
     args.work.mkdir(parents=True, exist_ok=True)
-    args.data, args.run = prepare(args.work, args.width, args.size)
+    args.data, args.run = prepare(args.work, args.width, args.size, args.stem)
     import platform
 
     result = {
         "machine": {"cpus": len(os.sched_getaffinity(0)), "processor": platform.processor() or
                     platform.machine(), "load_avg_before": [round(v, 2) for v in os.getloadavg()]},
-        "study": "32 slices 512x512 synthetic DICOM", "width": args.width, "size": args.size,
+        "study": "32 slices 512x512 synthetic DICOM", "width": args.width, "size": args.size, "stem": args.stem,
         "repeats": args.repeats,
     }
     if "pipeline" in args.only:

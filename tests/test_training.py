@@ -94,6 +94,7 @@ def test_paper_preset_is_the_study_recipe():
     assert (p.mode, p.size, p.width, p.epochs, p.optimizer, p.lr, p.loss, p.schedule, p.augmentation) == (
         "binary", 256, 64, 20, "adam", 1e-4, "bce_dice", "constant", "paper")
     assert lr_factor(0.0, p) == lr_factor(0.9, p) == 1.0
+    assert p.stem == 1 and PRESETS["default"].stem == 2  # the study's network sees its labels' grid
     # paper width reproduces the study's scale (~31 M parameters); gates off is the U-Net baseline
     n_att = count_parameters(build_model(ModelConfig(width=64, out_channels=1)))
     n_plain = count_parameters(build_model(ModelConfig(width=64, out_channels=1, attention=False)))
@@ -158,7 +159,9 @@ def test_class_in_valid_missing_from_train(synth, tmp_path, capsys):
 
 def test_size_must_fit_the_network_depth(synth, tmp_path, capsys):
     assert main(["train", str(synth), "--out", str(tmp_path / "run"), "--size", "50", "--quiet"]) == 2
-    assert "must be a multiple of 16" in last_line(capsys)
+    assert "must be a multiple of 32 for depth 5 and stem 2" in last_line(capsys)  # the default preset
+    assert main(["train", str(synth), "--out", str(tmp_path / "run1"), "--size", "40", "--stem", "1", "--quiet"]) == 2
+    assert "must be a multiple of 16 for depth 5" in last_line(capsys)
 
 
 @pytest.mark.parametrize("flag, value, words", [("--epochs", "0", "must be positive"),

@@ -34,12 +34,12 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=positive(int))
     p.add_argument("--steps-per-epoch", type=positive(int))
     p.add_argument("--lr", type=positive(float))
-    p.add_argument("--size", type=positive(int), help="input side length (default 256)")
+    p.add_argument("--size", type=positive(int), help="input side length (default preset 512; paper 256)")
     p.add_argument("--patch", type=positive(int), help="train on lesion-centred crops of this side (fully convolutional "
                    "inference still sees whole images)")
     p.add_argument("--stem", type=positive(int),
                    help="the network runs at size/N (average-pooled input) and learns the class fractions "
-                        "of the size-N labels, so thin bleeds keep sub-pixel borders (default 1)")
+                        "of the size-N labels, so thin bleeds keep sub-pixel borders (default preset 2; paper 1)")
     p.add_argument("--no-class-weighting", dest="class_weighting", action="store_const", const=False,
                    help="multiclass: plain CE instead of CE weighted by inverse-sqrt class pixel frequency "
                         "(the default preset weights; see docs/recipe.md)")

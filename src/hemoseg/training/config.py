@@ -9,9 +9,9 @@ from dataclasses import dataclass, replace
 @dataclass(frozen=True)
 class TrainConfig:
     mode: str = "multiclass"            # binary | multiclass | multilabel
-    size: int = 256
+    size: int = 512                     # input side; with stem 2 the network computes at 256 (docs/recipe.md, exp. 20)
     patch: int | None = None            # train on lesion-centred crops of this side (None: whole images)
-    stem: int = 1                       # the network runs at size/stem and learns label fractions (models/config.py)
+    stem: int = 2                       # the network runs at size/stem and learns label fractions (models/config.py)
     width: int = 16
     depth: int = 5
     attention: bool = True
@@ -51,7 +51,7 @@ PRESETS: dict[str, TrainConfig] = {
     # The study, exactly: binary, paper width, Adam 1e-4 for 20 epochs, BCE+Dice,
     # its augmentations, plain shuffling, best epoch by validation Dice.
     "paper": TrainConfig(
-        mode="binary", size=256, width=64, epochs=20, batch_size=8, optimizer="adam", lr=1e-4,
+        mode="binary", size=256, stem=1, width=64, epochs=20, batch_size=8, optimizer="adam", lr=1e-4,
         weight_decay=0.0, schedule="constant", warmup=0.0, loss="bce_dice", foreground_fraction=0.0,
         augmentation="paper", calibrate=False, class_weighting=False,
     ),
