@@ -125,3 +125,23 @@ def test_stem_training_end_to_end_predicts_full_resolution(tmp_path):
     probs = Predictor.from_run(run, backend="torch").probabilities(ckpt.preprocessing.resize_image(img)[None])
     assert probs.shape[-2:] == (32, 32)
     assert main(["train", str(blobs), "--out", str(tmp_path / "bad"), "--size", "80", "--stem", "2", "--quiet"]) != 0
+
+
+def test_a_run_saved_before_the_stem_existed_resumes_without_one(tmp_path):
+    """Old checkpoints carry no `stem` in their train config; the default preset now says 2."""
+    from hemoseg.training.checkpoint import save_checkpoint
+
+    blobs = make_blob_export(tmp_path / "blobs", n={"train": 8, "valid": 2, "test": 2})
+    run = tmp_path / "run"
+    args = ["--size", "64", "--width", "4", "--batch-size", "4", "--quiet"]
+    assert main(["train", str(blobs), "--out", str(run), "--stem", "1", "--epochs", "1", *args]) == 0
+    last = run / "last.safetensors"
+    ckpt, extra = load_checkpoint(last, with_extra=True)
+    meta = dict(ckpt.meta)
+    meta["train_config"] = {k: v for k, v in meta["train_config"].items() if k != "stem"}
+    save_checkpoint(last, ckpt.model_state, ckpt.model_config, ckpt.classes, ckpt.mode, ckpt.preprocessing,
+                    meta, extra_tensors=extra)
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--quiet"]) == 0
+    resumed = load_checkpoint(last)
+    assert resumed.meta["epoch"] == 2 and resumed.model_config.stem == 1
+    assert resumed.meta["train_config"]["stem"] == 1
