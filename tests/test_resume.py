@@ -87,16 +87,6 @@ def tiny_checkpoint(path: Path, epoch: int = 1) -> None:
                     extra_tensors={"optim.0.step": torch.tensor(3.0)})
 
 
-@pytest.fixture
-def one_thread():
-    """In-process training on a small shared CPU: extra intra-op threads only
-    fight other processes for cores (steps get ~20x slower under load)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     return make_coco(tmp_path_factory.mktemp("data"))

@@ -107,16 +107,11 @@ def test_batch_confusion_matches_boolean_counts_and_scores_on_the_label_grid():
     assert sig.shape == (2, 2, 3) and int(sig.sum(-1).min()) > 0
 
 
-def test_stem_training_end_to_end_predicts_full_resolution(tmp_path):
+def test_stem_training_end_to_end_predicts_full_resolution(tmp_path, one_thread):
     blobs = make_blob_export(tmp_path / "blobs")
     run = tmp_path / "run"
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["train", str(blobs), "--out", str(run), "--size", "64", "--stem", "2", "--width", "8",
-                     "--epochs", "8", "--batch-size", "8", "--quiet"]) == 0
-    finally:
-        torch.set_num_threads(n)
+    assert main(["train", str(blobs), "--out", str(run), "--size", "64", "--stem", "2", "--width", "8",
+                 "--epochs", "8", "--batch-size", "8", "--quiet"]) == 0
     rows = list(csv.DictReader(open(run / "history.csv")))
     assert max(float(r["val_dice"]) for r in rows) > 0.75  # scored on the 64 px labels
     ckpt = load_checkpoint(run)
@@ -127,7 +122,7 @@ def test_stem_training_end_to_end_predicts_full_resolution(tmp_path):
     assert main(["train", str(blobs), "--out", str(tmp_path / "bad"), "--size", "80", "--stem", "2", "--quiet"]) != 0
 
 
-def test_a_run_saved_before_the_stem_existed_resumes_without_one(tmp_path):
+def test_a_run_saved_before_the_stem_existed_resumes_without_one(tmp_path, one_thread):
     """Old checkpoints carry no `stem` in their train config; the default preset now says 2."""
     from hemoseg.training.checkpoint import save_checkpoint
 

@@ -8,7 +8,6 @@ import json
 import shutil
 
 import pytest
-import torch
 
 from blob_data import make_blob_export
 from hemoseg.cli.main import main
@@ -30,14 +29,6 @@ def synth(tmp_path_factory):
 @pytest.fixture(scope="module")
 def blobs(tmp_path_factory):
     return make_blob_export(tmp_path_factory.mktemp("blobs"))
-
-
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def last_line(capsys) -> str:

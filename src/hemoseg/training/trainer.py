@@ -161,14 +161,13 @@ class Trainer:
         del pix
         mcfg = ModelConfig(in_channels=1, out_channels=num_outputs(cfg.mode, k), width=cfg.width,
                            depth=cfg.depth, attention=cfg.attention, stem=cfg.stem)
-        stride = cfg.stem * 2 ** (cfg.depth - 1)
+        model = build_model(mcfg)
         for name, side in (("size", cfg.size), ("patch", cfg.patch)):
-            if side and side % stride:
-                raise HemosegError(f"--{name} {side} must be a multiple of {stride} for depth {cfg.depth}"
+            if side and side % model.stride:
+                raise HemosegError(f"--{name} {side} must be a multiple of {model.stride} for depth {cfg.depth}"
                                    + (f" and stem {cfg.stem}" if cfg.stem > 1 else ""))
         if cfg.patch and cfg.patch > cfg.size:
             raise HemosegError(f"--patch {cfg.patch} is larger than --size {cfg.size}")
-        model = build_model(mcfg)
         init_head_prior(model.head, cfg.mode)
         self.log(f"hemoseg {__version__} | {cfg.mode} | classes: {', '.join(data.classes.names)} | "
                  f"model width {cfg.width} depth {cfg.depth} attention={cfg.attention}: "
