@@ -76,17 +76,13 @@ def test_sigmoid_offsets_move_each_threshold_on_its_own():
     assert off.dice_after >= off.dice_before
 
 
-def test_training_folds_the_offsets_into_the_best_checkpoint(tmp_path):
+def test_training_folds_the_offsets_into_the_best_checkpoint(tmp_path, one_thread):
+    """one_thread: the two runs below train bit for bit alike."""
     data = make_blob_export(tmp_path / "blobs")
     args = ["--size", "64", "--width", "8", "--epochs", "5", "--batch-size", "8", "--seed", "0", "--no-class-weighting",
             "--quiet"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: the two runs below train bit for bit alike
-    try:
-        assert main(["train", str(data), "--out", str(tmp_path / "cal"), *args]) == 0
-        assert main(["train", str(data), "--out", str(tmp_path / "plain"), *args, "--no-calibrate"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert main(["train", str(data), "--out", str(tmp_path / "cal"), *args]) == 0
+    assert main(["train", str(data), "--out", str(tmp_path / "plain"), *args, "--no-calibrate"]) == 0
     cal, plain = load_checkpoint(tmp_path / "cal"), load_checkpoint(tmp_path / "plain")
     assert "logit_offsets" not in plain.meta
     offsets = cal.meta["logit_offsets"]

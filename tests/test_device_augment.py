@@ -104,19 +104,14 @@ def test_a_sample_augments_identically_in_any_batch():
     assert not torch.allclose(x_all, x_other)
 
 
-def test_trainer_learns_with_device_augmentation(tmp_path):
+def test_trainer_learns_with_device_augmentation(tmp_path, one_thread):
     """The CUDA default path, run on CPU: same learning check as the loader path's test."""
     from blob_data import make_blob_export
     from hemoseg.training.config import TrainConfig
     from hemoseg.training.trainer import Trainer
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cfg = TrainConfig(size=64, width=8, epochs=8, batch_size=8, seed=0, device_augment=True)
-        summary = Trainer(make_blob_export(tmp_path / "blobs"), tmp_path / "run", cfg, device="cpu", quiet=True).run()
-    finally:
-        torch.set_num_threads(n)
+    cfg = TrainConfig(size=64, width=8, epochs=8, batch_size=8, seed=0, device_augment=True)
+    summary = Trainer(make_blob_export(tmp_path / "blobs"), tmp_path / "run", cfg, device="cpu", quiet=True).run()
     assert summary["train_config"]["device_augment"] is True
     assert summary["best_val_dice"] > 0.8, summary["best_val_dice"]
 

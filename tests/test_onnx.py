@@ -141,32 +141,27 @@ def test_failed_parity_removes_the_model(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.slow
-def test_int8_export_of_a_trained_model(tmp_path, capsys):
+def test_int8_export_of_a_trained_model(tmp_path, capsys, one_thread):
     """int8 is approximate, so it is checked where it matters: a trained model's
     labels on CT-like and real inputs, and its test Dice against PyTorch's."""
     from blob_data import make_blob_export
 
     data = make_blob_export(tmp_path / "blobs")
     run = tmp_path / "run"
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["train", str(data), "--out", str(run), "--size", "64", "--width", "8", "--epochs", "6",
-                     "--batch-size", "8", "--seed", "0", "--quiet"]) == 0
-        assert main(["export", str(run), "--int8", "--samples", "4"]) == 0
-        assert "(int8," in capsys.readouterr().out
-        report = json.loads((run / "onnx_parity.json").read_text())
-        assert report["passed"] is True and report["precision"] == "int8"
-        assert report["judged_on"] == ["dataset"]  # held-out images of the calibration kind, not noise
-        assert report["label_match_rate"] >= 0.99 and report["lesion_agreement"] >= 0.9
-        assert not list(run.glob("*.tmp*")) and not list(run.glob("*.fp32.onnx"))
-        assert Predictor.from_run(run, "onnx").backend.name == "onnx-int8"
-        dice = {}
-        for backend in ("torch", "onnx"):
-            assert main(["evaluate", str(run), str(data), "--split", "test", "--backend", backend,
-                         "--out", str(tmp_path / backend), "--quiet"]) == 0
-            dice[backend] = json.loads((tmp_path / backend / "metrics.json").read_text())["dice_pooled_mean"]
-            assert json.loads((tmp_path / backend / "metrics.json").read_text())["backend"].startswith(backend)
-    finally:
-        torch.set_num_threads(n)
+    assert main(["train", str(data), "--out", str(run), "--size", "64", "--width", "8", "--epochs", "6",
+                 "--batch-size", "8", "--seed", "0", "--quiet"]) == 0
+    assert main(["export", str(run), "--int8", "--samples", "4"]) == 0
+    assert "(int8," in capsys.readouterr().out
+    report = json.loads((run / "onnx_parity.json").read_text())
+    assert report["passed"] is True and report["precision"] == "int8"
+    assert report["judged_on"] == ["dataset"]  # held-out images of the calibration kind, not noise
+    assert report["label_match_rate"] >= 0.99 and report["lesion_agreement"] >= 0.9
+    assert not list(run.glob("*.tmp*")) and not list(run.glob("*.fp32.onnx"))
+    assert Predictor.from_run(run, "onnx").backend.name == "onnx-int8"
+    dice = {}
+    for backend in ("torch", "onnx"):
+        assert main(["evaluate", str(run), str(data), "--split", "test", "--backend", backend,
+                     "--out", str(tmp_path / backend), "--quiet"]) == 0
+        dice[backend] = json.loads((tmp_path / backend / "metrics.json").read_text())["dice_pooled_mean"]
+        assert json.loads((tmp_path / backend / "metrics.json").read_text())["backend"].startswith(backend)
     assert dice["torch"] > 0.8 and abs(dice["onnx"] - dice["torch"]) < 0.02, dice
