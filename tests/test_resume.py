@@ -270,3 +270,15 @@ def test_wrong_format_version_is_one_line_error(tmp_path, capsys):
     atomic_save_tensors({"w": torch.zeros(2)}, run / "last.safetensors", {"something": "else"})
     assert main(["train", "--resume", str(run), "--quiet"]) == 2
     assert "not a hemoseg checkpoint" in one_line_error(capsys)
+
+
+def test_a_saved_config_keeps_the_behaviour_of_the_run_that_saved_it():
+    """Fields a checkpoint predates reproduce its run; fields it has are kept verbatim."""
+    from hemoseg.training.config import TrainConfig
+
+    today = TrainConfig()
+    assert today.stem == 2 and today.calibrate  # otherwise this test proves nothing
+    old = {k: v for k, v in today.to_dict().items() if k not in ("stem", "calibrate")}
+    restored = TrainConfig.from_dict({**old, "lr": 5e-4, "removed_long_ago": 1})
+    assert restored.stem == 1 and restored.calibrate is False and restored.lr == 5e-4
+    assert TrainConfig.from_dict(today.to_dict()) == today

@@ -41,11 +41,17 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+        """A saved config; fields it predates take the value that reproduces its run,
+        not today's default (a resumed old run must go on as it started)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{**_BEFORE_THE_FIELD, **{k: v for k, v in d.items() if k in known}})
 
     def override(self, **changes) -> "TrainConfig":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
+
+# Behaviour before each later-added field existed: no stem, no calibration.
+_BEFORE_THE_FIELD = {"stem": 1, "calibrate": False}
 
 PRESETS: dict[str, TrainConfig] = {
     # The study, exactly: binary, paper width, Adam 1e-4 for 20 epochs, BCE+Dice,

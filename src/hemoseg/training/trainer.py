@@ -123,9 +123,7 @@ class Trainer:
         self.resume_from = None
         if resume:
             ckpt, extra = load_checkpoint(self.out / run_dir.LAST, with_extra=True)
-            # The checkpoint's model config is the truth about the network: a run saved before
-            # `stem` existed must not resume under today's default.
-            saved = dataclasses.replace(TrainConfig.from_dict(ckpt.meta["train_config"]), stem=ckpt.model_config.stem)
+            saved = TrainConfig.from_dict(ckpt.meta["train_config"])
             self.cfg = saved.override(epochs=cfg.epochs if cfg.epochs != saved.epochs else None)
             self.resume_from = (ckpt, extra)
         self.device = select_device(device)
