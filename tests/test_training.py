@@ -113,6 +113,21 @@ def test_no_attention_flag(synth, tmp_path, one_thread):
     assert load_checkpoint(run).model_config.attention is False
 
 
+def test_deep_supervision_heads_train_and_stay_out_of_inference(blobs, tmp_path, one_thread):
+    import torch
+
+    m = build_model(ModelConfig(out_channels=3, width=4, depth=4, stem=2, deep_supervision=2))
+    outs = m.train()(torch.zeros(1, 1, 64, 64))
+    assert [tuple(o.shape[-2:]) for o in outs] == [(32, 32), (16, 16), (8, 8)]
+    assert tuple(m.eval()(torch.zeros(1, 1, 64, 64)).shape) == (1, 3, 32, 32)
+    run = tmp_path / "ds"
+    assert main(["train", str(blobs), "--out", str(run), "--deep-supervision", "2", "--size", "64", "--width", "4",
+                 "--epochs", "1", "--quiet"]) == 0
+    ckpt = load_checkpoint(run)
+    assert ckpt.model_config.deep_supervision == 2 and "aux_heads.1.weight" in ckpt.model_state
+    assert main(["evaluate", str(run), str(blobs), "--split", "valid", "--quiet"]) == 0
+
+
 def test_bad_items_are_skipped_and_counted(synth, tmp_path, one_thread):
     data = tmp_path / "data"
     shutil.copytree(synth, data)

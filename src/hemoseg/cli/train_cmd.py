@@ -46,6 +46,8 @@ def register(sub) -> None:
     p.add_argument("--no-calibrate", dest="calibrate", action="store_const", const=False,
                    help="skip fitting per-class logit offsets on validation after training (default preset fits them)")
     p.add_argument("--max-minutes", type=positive(float), help="wall-clock budget; the LR schedule anneals to fit it")
+    p.add_argument("--deep-supervision", type=non_negative(int), metavar="N",
+                   help="train extra heads on the N decoder levels below the output (0: off)")
     p.add_argument("--ema", type=unit_interval(float), metavar="DECAY",
                    help="validate and save an exponential moving average of the weights with this decay "
                         "(e.g. 0.99; 0 turns it off; see docs/recipe.md)")
@@ -82,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         mode=args.mode, width=width, attention=args.attention, epochs=args.epochs, batch_size=args.batch_size,
         steps_per_epoch=args.steps_per_epoch, lr=args.lr, size=args.size, patch=args.patch, max_minutes=args.max_minutes,
         patience=args.patience, seed=args.seed, workers=args.workers, compile=args.compile, amp=args.amp,
-        class_weighting=args.class_weighting, calibrate=args.calibrate, stem=args.stem, ema=args.ema)
+        class_weighting=args.class_weighting, calibrate=args.calibrate, stem=args.stem, ema=args.ema,
+        deep_supervision=args.deep_supervision)
     summary = Trainer(dataset, out, cfg, resume=bool(args.resume), force=args.force, device=args.device,
                       quiet=args.quiet).run()
     if int(os.environ.get("RANK", "0")) == 0:

@@ -66,23 +66,33 @@ class AttentionUNet(nn.Module):
             UpBlock(chans[i + 1], chans[i], config.attention) for i in reversed(range(config.depth - 1))
         )
         self.head = nn.Conv2d(chans[0], config.out_channels, 1)
+        # Decoder outputs from coarse to fine are chans[depth-2], ..., chans[0]; aux heads
+        # sit on the finest `deep_supervision` levels above the main one.
+        n_aux = min(config.deep_supervision, config.depth - 2)
+        self.aux_heads = nn.ModuleList(nn.Conv2d(chans[i], config.out_channels, 1) for i in range(1, n_aux + 1))
 
     @property
     def stride(self) -> int:
         """Input sides must be a multiple of this."""
         return self.config.stem * 2 ** (self.config.depth - 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in, S, S) -> logits (B, out, S/stem, S/stem)."""
+    def forward(self, x: torch.Tensor):
+        """(B, in, S, S) -> logits (B, out, S/stem, S/stem); in training with deep
+        supervision, a list: those logits, then each aux head's (2x, 4x, ... coarser)."""
         x = self.stem(x)
         skips = []
         for i, enc in enumerate(self.encoders):
             x = enc(x if i == 0 else self.pool(x))
             skips.append(x)
         x = skips.pop()
+        levels = []
         for dec in self.decoders:
             x = dec(x, skips.pop())
-        return self.head(x)
+            levels.append(x)
+        out = self.head(x)
+        if not (self.training and len(self.aux_heads)):
+            return out
+        return [out] + [h(f) for h, f in zip(self.aux_heads, reversed(levels[:-1]))]
 
 
 def count_parameters(model: nn.Module) -> int:

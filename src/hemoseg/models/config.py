@@ -24,6 +24,10 @@ class ModelConfig:
     bilinear upsampling of probabilities at inference recovers (docs/recipe.md,
     experiment 18). Hard labels at the coarse grid cap subarachnoid Dice near
     0.86 on the synthetic data; fractions, near 0.96."""
+    deep_supervision: int = 0
+    """Extra 1x1 heads on this many of the coarser decoder levels, trained
+    alongside the main head (their loss sees the labels as class fractions on
+    their grid). Used only in training: inference and export return the main head."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -13,6 +13,7 @@ class TrainConfig:
     patch: int | None = None            # train on lesion-centred crops of this side (None: whole images)
     stem: int = 2                       # the network runs at size/stem and learns label fractions (models/config.py)
     width: int = 16
+    deep_supervision: int = 0           # extra heads on this many coarser decoder levels (models/config.py)
     depth: int = 5
     attention: bool = True
     epochs: int = 60

@@ -162,7 +162,8 @@ class Trainer:
                 Preprocessing(size=cfg.size, mean=round(float(pix.mean()), 6), std=round(float(pix.std()) or 1.0, 6)))
         del pix
         mcfg = ModelConfig(in_channels=1, out_channels=num_outputs(cfg.mode, k), width=cfg.width,
-                           depth=cfg.depth, attention=cfg.attention, stem=cfg.stem)
+                           depth=cfg.depth, attention=cfg.attention, stem=cfg.stem,
+                           deep_supervision=cfg.deep_supervision)
         model = build_model(mcfg)
         for name, side in (("size", cfg.size), ("patch", cfg.patch)):
             if side and side % model.stride:
@@ -270,9 +271,13 @@ class Trainer:
                     g["lr"] = lr
                 with autocast():
                     logits = fwd(x)
+                aux = []
+                if isinstance(logits, list):  # deep supervision: halve the weight per coarser level
+                    logits, *aux = logits
                 loss = loss_fn(logits, y)
+                total = loss + sum(0.5 ** (i + 1) * loss_fn(a, y) for i, a in enumerate(aux))
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                total.backward()
                 opt.step()
                 if avg:
                     avg.update()
