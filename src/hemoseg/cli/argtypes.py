@@ -24,8 +24,3 @@ def positive(kind):
 
 def non_negative(kind):
     return _bounded(kind, lambda v: v >= 0, "zero or more")
-
-
-def unit_interval(kind):
-    """[0, 1): a decay or a fraction that must not reach 1."""
-    return _bounded(kind, lambda v: 0 <= v < 1, "in [0, 1)")

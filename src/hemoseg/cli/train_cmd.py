@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hemoseg.cli.argtypes import non_negative, positive, unit_interval
+from hemoseg.cli.argtypes import non_negative, positive
 from hemoseg.errors import HemosegError
 from hemoseg.models.config import SIZES
 
@@ -48,9 +48,6 @@ def register(sub) -> None:
     p.add_argument("--max-minutes", type=positive(float), help="wall-clock budget; the LR schedule anneals to fit it")
     p.add_argument("--deep-supervision", type=non_negative(int), metavar="N",
                    help="train extra heads on the N decoder levels below the output (0: off)")
-    p.add_argument("--ema", type=unit_interval(float), metavar="DECAY",
-                   help="validate and save an exponential moving average of the weights with this decay "
-                        "(e.g. 0.99; 0 turns it off; see docs/recipe.md)")
     p.add_argument("--patience", type=positive(int), help="early stopping patience in epochs")
     p.add_argument("--seed", type=int)
     p.add_argument("--workers", type=non_negative(int), help="augment per sample (albumentations) in N loader processes; default on CUDA: batched on the GPU")
@@ -84,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         mode=args.mode, width=width, attention=args.attention, epochs=args.epochs, batch_size=args.batch_size,
         steps_per_epoch=args.steps_per_epoch, lr=args.lr, size=args.size, patch=args.patch, max_minutes=args.max_minutes,
         patience=args.patience, seed=args.seed, workers=args.workers, compile=args.compile, amp=args.amp,
-        class_weighting=args.class_weighting, calibrate=args.calibrate, stem=args.stem, ema=args.ema,
+        class_weighting=args.class_weighting, calibrate=args.calibrate, stem=args.stem,
         deep_supervision=args.deep_supervision)
     summary = Trainer(dataset, out, cfg, resume=bool(args.resume), force=args.force, device=args.device,
                       quiet=args.quiet).run()

@@ -29,7 +29,6 @@ class TrainConfig:
     foreground_fraction: float = 0.5    # share of samples drawn from images with lesions (None-like: 0 = plain shuffle)
     augmentation: str = "default"       # none | paper | default
     calibrate: bool = True              # per-class logit offsets fitted on validation (training/calibration.py)
-    ema: float = 0.0                    # decay of the weight average that is validated and saved; 0: off
     patience: int | None = None         # early stopping, in epochs without val improvement
     max_minutes: float | None = None    # wall-clock budget; the LR schedule anneals to it
     seed: int = 0
@@ -52,8 +51,8 @@ class TrainConfig:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-# Behaviour before each later-added field existed: no stem, no calibration, no weight average.
-_BEFORE_THE_FIELD = {"stem": 1, "calibrate": False, "ema": 0.0}
+# Behaviour before each later-added field existed: no stem, no calibration.
+_BEFORE_THE_FIELD = {"stem": 1, "calibrate": False}
 
 PRESETS: dict[str, TrainConfig] = {
     # The study, exactly: binary, paper width, Adam 1e-4 for 20 epochs, BCE+Dice,

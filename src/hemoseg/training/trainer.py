@@ -35,7 +35,6 @@ from hemoseg.training.data_setup import prepare_training_data
 from hemoseg.training.distributed import DistContext, convert_sync_batchnorm, init_from_env, shutdown
 from hemoseg.training.losses import SegmentationLoss, init_head_prior, inverse_frequency_weights
 from hemoseg.training.sampling import EpochSampler
-from hemoseg.training.weight_average import WeightAverage
 
 HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_dice", "val_loss", "val_dice", "epoch_seconds",
                   "data_seconds", "images_per_second"]
@@ -91,9 +90,6 @@ def use_device_augment(cfg: TrainConfig, device: torch.device) -> bool:
     if cfg.device_augment is not None:
         return cfg.device_augment
     return device.type == "cuda" and cfg.workers is None
-
-
-RAW = "raw."  # last checkpoint's extra tensors: the trained (not averaged) weights, for resume
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -197,9 +193,7 @@ class Trainer:
         start_epoch, history, best, elapsed0 = 1, [], -1.0, 0.0
         if self.resume_from:
             ckpt, extra = self.resume_from
-            # With averaging, the checkpoint holds the average and the raw weights ride along.
-            raw = {k[len(RAW):]: v for k, v in extra.items() if k.startswith(RAW)}
-            model.load_state_dict(raw or ckpt.model_state)
+            model.load_state_dict(ckpt.model_state)
             _restore_optimizer(opt, extra)
             start_epoch = ckpt.meta["epoch"] + 1
             history = ckpt.meta["history"]
@@ -207,10 +201,6 @@ class Trainer:
             elapsed0 = ckpt.meta["elapsed_seconds"]
             self.log(f"resuming after epoch {ckpt.meta['epoch']} (best val Dice {best:.4f})")
 
-        avg = WeightAverage(model, cfg.ema) if cfg.ema else None
-        if avg and self.resume_from:
-            avg.model.load_state_dict(self.resume_from[0].model_state)
-            avg.updates = self.resume_from[0].meta.get("ema_updates", 0)
         net = model
         if ctx.enabled:
             net = torch.nn.parallel.DistributedDataParallel(
@@ -279,8 +269,6 @@ class Trainer:
                 opt.zero_grad(set_to_none=True)
                 total.backward()
                 opt.step()
-                if avg:
-                    avg.update()
                 step += 1
                 loss_sum += loss.detach() * len(x)
                 n_seen += len(x)
@@ -298,7 +286,7 @@ class Trainer:
             tr = ctx.sum(torch.stack([loss_sum, torch.tensor(float(n_seen), device=dev)]))
             ctx.sum(counts)
             train_dice = summarize(counts.cpu().numpy()[None], self.metric_names)["dice_pooled_mean"] or 0.0
-            val_loss, val_metrics = self.validate(avg.model if avg else net, val_loader, loss_fn, k, autocast)
+            val_loss, val_metrics = self.validate(net, val_loader, loss_fn, k, autocast)
             epoch_s = time.perf_counter() - t0
             row = {"epoch": epoch, "lr": lr, "train_loss": (tr[0] / tr[1]).item(), "train_dice": train_dice,
                    "val_loss": val_loss, "val_dice": val_metrics["dice_pooled_mean"] or 0.0,
@@ -313,15 +301,11 @@ class Trainer:
             if ctx.is_main:
                 meta = {**meta_base, "epoch": epoch, "history": history, "best_val_dice": best,
                         "val_metrics": val_metrics, "elapsed_seconds": time.perf_counter() - t_start}
-                state = dict((avg.model if avg else model).state_dict())
-                extra = _optimizer_tensors(opt)
-                if avg:
-                    meta["ema_updates"] = avg.updates
-                    extra.update({RAW + k2: v for k2, v in model.state_dict().items()})
+                state = {k2: v for k2, v in model.state_dict().items()}
                 if improved:
                     save_checkpoint(self.out / run_dir.BEST, state, mcfg, data.classes, cfg.mode, prep, meta)
                 save_checkpoint(self.out / run_dir.LAST, state, mcfg, data.classes, cfg.mode, prep, meta,
-                                extra_tensors=extra)
+                                extra_tensors=_optimizer_tensors(opt))
                 self._write_history(history)
                 # Short GPU epochs: redraw the figure at most every 30 s here; once more after the loop.
                 if time.perf_counter() - last_plot > 30:
