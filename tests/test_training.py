@@ -86,6 +86,7 @@ def test_paper_preset_is_the_study_recipe():
         "binary", 256, 64, 20, "adam", 1e-4, "bce_dice", "constant", "paper")
     assert lr_factor(0.0, p) == lr_factor(0.9, p) == 1.0
     assert p.stem == 1 and PRESETS["default"].stem == 2  # the study's network sees its labels' grid
+    assert p.deep_supervision == 0 < PRESETS["default"].deep_supervision  # one head, as in the study
     # paper width reproduces the study's scale (~31 M parameters); gates off is the U-Net baseline
     n_att = count_parameters(build_model(ModelConfig(width=64, out_channels=1)))
     n_plain = count_parameters(build_model(ModelConfig(width=64, out_channels=1, attention=False)))

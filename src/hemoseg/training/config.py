@@ -13,7 +13,7 @@ class TrainConfig:
     patch: int | None = None            # train on lesion-centred crops of this side (None: whole images)
     stem: int = 2                       # the network runs at size/stem and learns label fractions (models/config.py)
     width: int = 16
-    deep_supervision: int = 0           # extra heads on this many coarser decoder levels (models/config.py)
+    deep_supervision: int = 2           # extra heads on this many coarser decoder levels (docs/recipe.md, exp. 23)
     depth: int = 5
     attention: bool = True
     epochs: int = 60
@@ -51,8 +51,8 @@ class TrainConfig:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-# Behaviour before each later-added field existed: no stem, no calibration.
-_BEFORE_THE_FIELD = {"stem": 1, "calibrate": False}
+# Behaviour before each later-added field existed: no stem, no calibration, no deep supervision.
+_BEFORE_THE_FIELD = {"stem": 1, "calibrate": False, "deep_supervision": 0}
 
 PRESETS: dict[str, TrainConfig] = {
     # The study, exactly: binary, paper width, Adam 1e-4 for 20 epochs, BCE+Dice,
@@ -60,7 +60,7 @@ PRESETS: dict[str, TrainConfig] = {
     "paper": TrainConfig(
         mode="binary", size=256, stem=1, width=64, epochs=20, batch_size=8, optimizer="adam", lr=1e-4,
         weight_decay=0.0, schedule="constant", warmup=0.0, loss="bce_dice", foreground_fraction=0.0,
-        augmentation="paper", calibrate=False, class_weighting=False,
+        augmentation="paper", calibrate=False, class_weighting=False, deep_supervision=0,
     ),
     # Our recipe, chosen by validation experiments (docs/recipe.md).
     "default": TrainConfig(),
