@@ -93,6 +93,29 @@ def test_predictor_onnx_matches_torch(tmp_path, capsys):
     np.testing.assert_allclose(p_onnx.probabilities(display), p_torch.probabilities(display), atol=1e-4)
 
 
+def test_onnx_prediction_never_imports_torch(tmp_path, capsys):
+    """`hemoseg predict` on an exported run is numpy + onnxruntime only: importing
+    torch is about a second of every clinical prediction on a CPU workstation."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    run = make_run(tmp_path / "run")
+    assert main(["export", str(run), "--samples", "2"]) == 0
+    img = tmp_path / "slice.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40), dtype=np.uint8)).save(img)
+    code = ("import sys; from hemoseg.cli.main import main; "
+            f"rc = main(['predict', {str(run)!r}, {str(img)!r}, '--out', {str(tmp_path / 'out')!r}, "
+            "'--backend', 'onnx']); "
+            "print('torch imported' if 'torch' in sys.modules else 'no torch'); sys.exit(rc)")
+    env = dict(__import__("os").environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().splitlines()[-1] == "no torch", p.stdout
+    assert (tmp_path / "out" / "summary.json").is_file()
+
+
 def test_export_to_custom_file(tmp_path, capsys):
     run = make_run(tmp_path / "run")
     target = tmp_path / "elsewhere" / "m.onnx"

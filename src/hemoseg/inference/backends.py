@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from hemoseg.cpus import cpu_threads
 from hemoseg.errors import HemosegError
@@ -21,19 +20,23 @@ PRECISION_KEY = "hemoseg.precision"  # ONNX metadata: fp32 (plain export) or int
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, model: torch.nn.Module, device: str | None = None):
+    def __init__(self, model, device: str | None = None):
+        import torch
+
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_threads())
 
-    @torch.inference_mode()
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(x).to(self.device)
-        if self.device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                return self.model(t).float().cpu().numpy()
-        return self.model(t).numpy()
+        import torch
+
+        with torch.inference_mode():
+            t = torch.from_numpy(x).to(self.device)
+            if self.device.type == "cuda":
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    return self.model(t).float().cpu().numpy()
+            return self.model(t).numpy()
 
 
 class OnnxBackend:
@@ -64,10 +67,12 @@ class OnnxBackend:
         return self.session.run(None, {self.input: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
 
-def export_onnx(model: torch.nn.Module, size: int, path: Path, opset: int = 17) -> None:
+def export_onnx(model, size: int, path: Path, opset: int = 17) -> None:
     """Export with a dynamic batch axis; fixed spatial size (the checkpoint's)."""
     import importlib.util
     import warnings
+
+    import torch
 
     if importlib.util.find_spec("onnx") is None:  # torch.onnx needs it; say so in one line
         raise HemosegError("ONNX export needs the onnx package (pip install 'hemoseg[onnx]')")

@@ -10,12 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from hemoseg.errors import HemosegError
 from hemoseg.inference.backends import ONNX_FILE, OnnxBackend, TorchBackend
 from hemoseg.inference.intracranial import intracranial_mask
-from hemoseg.models.heads import probabilities
 from hemoseg.training.checkpoint import Checkpoint, load_checkpoint
 
 
@@ -33,16 +31,17 @@ class Predictor:
         """backend: torch | onnx | auto (ONNX when the run has an exported model.onnx and
         no GPU is in use, else PyTorch)."""
         run_dir = Path(run_dir)
-        ckpt = load_checkpoint(run_dir)
         onnx_path = (run_dir if run_dir.is_dir() else run_dir.parent) / ONNX_FILE
         if backend == "auto":
-            backend = "onnx" if onnx_path.is_file() and not torch.cuda.is_available() and device is None else "torch"
+            backend = "onnx" if onnx_path.is_file() and device is None and not _cuda_available() else "torch"
         if backend == "onnx":
+            ckpt = load_checkpoint(run_dir, weights=False)  # the ONNX file has the weights; no torch import
             if not onnx_path.is_file():
                 raise HemosegError(f"no {ONNX_FILE} in the run folder (run 'hemoseg export {run_dir}')", run_dir)
             return cls(ckpt, OnnxBackend(onnx_path))
         if backend != "torch":
             raise HemosegError(f"unknown backend {backend!r} (torch, onnx or auto)")
+        ckpt = load_checkpoint(run_dir)
         return cls(ckpt, TorchBackend(ckpt.build_model(), device))
 
     # ------------------------------------------------------------------
@@ -56,11 +55,11 @@ class Predictor:
         """uint8 (B,S,S) at model size -> float32 probabilities (B,C,S,S)."""
         x = self.preprocessing.normalize(display)[:, None]
         logits = self.backend(x)
-        probs = probabilities(torch.from_numpy(logits), self.mode)
+        probs = probabilities(logits, self.mode)
         if tta:  # horizontal flip: heads are left-right symmetric, up-down is not
             flipped = self.backend(np.ascontiguousarray(x[..., ::-1]))
-            probs = (probs + probabilities(torch.from_numpy(np.ascontiguousarray(flipped[..., ::-1])), self.mode)) / 2
-        return probs.numpy()
+            probs = (probs + probabilities(flipped[..., ::-1], self.mode)) / 2
+        return np.ascontiguousarray(probs, dtype=np.float32)
 
     def predict_volume(self, study, tta: bool = False, progress=None) -> np.ndarray:
         """uint8 label volume (Z,H,W) at the study's original resolution.
@@ -83,6 +82,25 @@ class Predictor:
             if progress is not None:
                 progress(len(chunk))
         return out
+
+
+def probabilities(logits: np.ndarray, mode: str) -> np.ndarray:
+    """numpy twin of heads.probabilities: softmax over channels, or sigmoids."""
+    logits = np.asarray(logits, dtype=np.float32)
+    if mode == "multiclass":
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def _cuda_available() -> bool:
+    """Whether PyTorch would find a GPU, without importing it where no NVIDIA
+    device exists (the import alone is ~1 s of every `hemoseg predict` on a CPU)."""
+    if not any(Path("/dev").glob("nvidia*")) and not Path("/dev/dxg").exists():  # dxg: a GPU under WSL2
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 # --------------------------------------------------------------------------

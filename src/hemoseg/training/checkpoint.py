@@ -14,9 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from hemoseg import __version__
 from hemoseg.data.coco import ClassList
@@ -46,6 +44,13 @@ class Checkpoint:
         except RuntimeError as exc:
             raise HemosegError(f"weights do not match the model config ({str(exc).splitlines()[0]})")
         return model
+
+
+def save_file(tensors: dict, filename: str, metadata: dict[str, str]) -> None:
+    """safetensors' torch writer, imported on first use: reading a header needs no torch."""
+    from safetensors.torch import save_file as write
+
+    write(tensors, filename, metadata=metadata)
 
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, header: dict[str, str]) -> None:
@@ -87,14 +92,17 @@ def read_header(path: Path) -> dict:
     from safetensors import safe_open
 
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="numpy") as f:
             return f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise HemosegError(f"not a readable checkpoint ({' '.join(str(exc).split())[:100]})", path) from None
 
 
-def load_checkpoint(path: str | Path, with_extra: bool = False):
-    """Load and validate a checkpoint file (or a run folder: its best.safetensors)."""
+def load_checkpoint(path: str | Path, with_extra: bool = False, weights: bool = True):
+    """Load and validate a checkpoint file (or a run folder: its best.safetensors).
+
+    weights=False reads the metadata alone, without importing torch: all the ONNX
+    prediction path needs, and a second saved at every `hemoseg predict` start."""
     path = Path(path)
     if path.is_dir():
         path = path / "best.safetensors"
@@ -108,7 +116,11 @@ def load_checkpoint(path: str | Path, with_extra: bool = False):
             f"checkpoint format version {header.get('format_version')} is not supported by hemoseg "
             f"{__version__} (expects {FORMAT_VERSION})", path)
     try:
-        tensors = load_file(str(path))
+        tensors = {}
+        if weights:
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(path))
         ckpt = Checkpoint(
             model_state={k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
             model_config=ModelConfig.from_dict(json.loads(header["model_config"])),
