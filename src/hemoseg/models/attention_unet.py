@@ -66,8 +66,8 @@ class AttentionUNet(nn.Module):
             UpBlock(chans[i + 1], chans[i], config.attention) for i in reversed(range(config.depth - 1))
         )
         self.head = nn.Conv2d(chans[0], config.out_channels, 1)
-        # Decoder outputs from coarse to fine are chans[depth-2], ..., chans[0]; aux heads
-        # sit on the finest `deep_supervision` levels above the main one.
+        # Decoder outputs run coarse to fine (chans[depth-2] ... chans[0]); the aux heads sit
+        # on the `deep_supervision` levels just below the output (chans[1], chans[2], ...).
         n_aux = min(config.deep_supervision, config.depth - 2)
         self.aux_heads = nn.ModuleList(nn.Conv2d(chans[i], config.out_channels, 1) for i in range(1, n_aux + 1))
 
