@@ -38,9 +38,18 @@ class SegmentationLoss(nn.Module):
         self.register_buffer("class_weights", class_weights if class_weights is not None else torch.empty(0))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.from_fractions(logits, self.fractions(target, logits.shape[-2:]))
+
+    def fractions(self, target: torch.Tensor, size) -> torch.Tensor:
+        """Labels (multiclass: (B,H,W) class indices; else (B,K,H,W) 0/1), possibly finer
+        than `size`, -> the soft targets both terms take, on the `size` grid."""
+        if self.mode == "multiclass":
+            return soft_targets(target, self.num_classes + 1, size)
+        return pool_to(target.float(), size)
+
+    def from_fractions(self, logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         if self.mode == "multiclass":
-            soft = soft_targets(target, self.num_classes + 1, logits.shape[-2:])
             logp = logits.log_softmax(1)
             if self.class_weights.numel():
                 # Weighted CE normalised by the total weight, as F.cross_entropy does for labels.
@@ -49,7 +58,6 @@ class SegmentationLoss(nn.Module):
             else:
                 ce = -(soft * logp).sum(1).mean()
             return ce + soft_dice_loss(logp.exp()[:, 1:], soft[:, 1:])
-        soft = _pool(target.float(), logits.shape[-2:])
         bce = F.binary_cross_entropy_with_logits(logits, soft)
         return bce + soft_dice_loss(torch.sigmoid(logits), soft)
 
@@ -58,10 +66,11 @@ def soft_targets(labels: torch.Tensor, channels: int, size) -> torch.Tensor:
     """Label map (B, H, W), possibly finer than `size` -> class fractions (B, C, *size)."""
     b, h, w = labels.shape
     onehot = torch.zeros(b, channels, h, w, device=labels.device).scatter_(1, labels.long()[:, None], 1.0)
-    return _pool(onehot, size)
+    return pool_to(onehot, size)
 
 
-def _pool(t: torch.Tensor, size) -> torch.Tensor:
+def pool_to(t: torch.Tensor, size) -> torch.Tensor:
+    """Average (B, C, H, W) fractions down to `size`, an integer factor coarser (or equal)."""
     r = t.shape[-1] // size[-1]
     if t.shape[-2:] != tuple(size) and (r < 1 or t.shape[-2] != size[-2] * r or t.shape[-1] != size[-1] * r):
         raise ValueError(f"target grid {tuple(t.shape[-2:])} is not an integer multiple of {tuple(size)}")

@@ -33,7 +33,7 @@ from hemoseg.training.config import TrainConfig
 from hemoseg.training.curves import plot_curves
 from hemoseg.training.data_setup import prepare_training_data
 from hemoseg.training.distributed import DistContext, convert_sync_batchnorm, init_from_env, shutdown
-from hemoseg.training.losses import SegmentationLoss, init_head_prior, inverse_frequency_weights
+from hemoseg.training.losses import SegmentationLoss, init_head_prior, inverse_frequency_weights, pool_to
 from hemoseg.training.sampling import EpochSampler
 
 HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_dice", "val_loss", "val_dice", "epoch_seconds",
@@ -262,10 +262,13 @@ class Trainer:
                 with autocast():
                     logits = fwd(x)
                 aux = []
-                if isinstance(logits, list):  # deep supervision: halve the weight per coarser level
+                if isinstance(logits, list):  # deep supervision
                     logits, *aux = logits
-                loss = loss_fn(logits, y)
-                total = loss + sum(0.5 ** (i + 1) * loss_fn(a, y) for i, a in enumerate(aux))
+                soft = loss_fn.fractions(y, logits.shape[-2:])
+                loss = loss_fn.from_fractions(logits, soft)
+                # Each coarser head: the same fractions pooled to its grid, at half the previous weight.
+                total = loss + sum(0.5 ** (i + 1) * loss_fn.from_fractions(a, pool_to(soft, a.shape[-2:]))
+                                   for i, a in enumerate(aux))
                 opt.zero_grad(set_to_none=True)
                 total.backward()
                 opt.step()
