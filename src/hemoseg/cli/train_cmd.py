@@ -28,6 +28,7 @@ def register(sub) -> None:
     p.add_argument("--model-size", choices=sorted(SIZES), help="width preset: " +
                    ", ".join(f"{k}={v}" for k, v in SIZES.items()))
     p.add_argument("--width", type=positive(int))
+    p.add_argument("--depth", type=positive(int), help="encoder levels (default 5, as in the paper)")
     p.add_argument("--no-attention", dest="attention", action="store_const", const=False,
                    help="plain U-Net baseline (same network, gates off)")
     p.add_argument("--epochs", type=positive(int))
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         out, dataset = args.out, args.dataset
     width = args.width or (SIZES[args.model_size] if args.model_size else None)
     cfg = PRESETS[args.preset].override(
-        mode=args.mode, width=width, attention=args.attention, epochs=args.epochs, batch_size=args.batch_size,
+        mode=args.mode, width=width, depth=args.depth, attention=args.attention, epochs=args.epochs, batch_size=args.batch_size,
         steps_per_epoch=args.steps_per_epoch, lr=args.lr, size=args.size, patch=args.patch, max_minutes=args.max_minutes,
         patience=args.patience, seed=args.seed, workers=args.workers, compile=args.compile, amp=args.amp,
         class_weighting=args.class_weighting, calibrate=args.calibrate, stem=args.stem,
