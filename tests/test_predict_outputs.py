@@ -15,7 +15,7 @@ from PIL import Image
 from predict_fixtures import FakePredictor, ct_volume, write_ct_series, write_png
 
 from hemoseg import RESEARCH_NOTICE
-from hemoseg.inference.report import SKULL_MASK_NOTE
+from hemoseg.inference import intracranial
 from hemoseg.cli import predict_cmd
 from hemoseg.cli.main import main
 
@@ -76,7 +76,7 @@ def test_dicom_series_end_to_end(tmp_path, capsys, fake, run_dir):
     rep = json.loads((d / "report.json").read_text())
     iph = rep["classes"][0]
     assert rep["notice"] == RESEARCH_NOTICE and rep["spacing_mm"] == [2.5, 0.5, 0.5]
-    assert rep["postprocessing"] == [SKULL_MASK_NOTE]  # HU input: the report names the skull mask
+    assert rep["postprocessing"] == [intracranial.NOTE]  # HU input: the report names the skull mask
     assert iph["voxels"] == 360 and iph["volume_ml"] == pytest.approx(BLOB_ML)
     assert iph["slices_involved"] == 3 and iph["max_area"] == pytest.approx(120 * 0.25)
     assert iph["abc2"]["c_mm"] == pytest.approx(7.5)

@@ -21,6 +21,15 @@ BONE_HU = 300.0
 """Above soft tissue and acute blood (< 100 HU), below cortical bone (> 700 HU),
 so partial-volume edges of the skull still count as bone."""
 
+NOTE = f"labels outside the skull's inner table (bone > {BONE_HU:.0f} HU) were removed"
+"""How the report words what `applies` switched on."""
+
+
+def applies(study) -> bool:
+    """Whether the skull constraint is used on this study: the one place that
+    decides it, so the prediction and the report that describes it agree."""
+    return bool(study.is_hu)
+
 
 def intracranial_mask(hu: np.ndarray, spacing_mm: float | None = None) -> np.ndarray:
     """bool (Z,H,W): True inside the skull, and everywhere on slices without a closed ring.

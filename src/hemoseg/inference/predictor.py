@@ -13,7 +13,7 @@ import numpy as np
 
 from hemoseg.errors import HemosegError
 from hemoseg.inference.backends import ONNX_FILE, OnnxBackend, TorchBackend
-from hemoseg.inference.intracranial import intracranial_mask
+from hemoseg.inference import intracranial
 from hemoseg.training.checkpoint import Checkpoint, load_checkpoint
 
 
@@ -76,8 +76,8 @@ class Predictor:
             # Labels of the bilinearly resampled probabilities, not resampled labels,
             # so borders stay smooth at full resolution.
             labels = resampled_labels(probs, self.mode, h, w)
-            if study.is_hu:
-                labels[~intracranial_mask(chunk, study.spacing[1] if study.spacing else None)] = 0
+            if intracranial.applies(study):
+                labels[~intracranial.intracranial_mask(chunk, study.spacing[1] if study.spacing else None)] = 0
             out[start:start + len(chunk)] = labels
             if progress is not None:
                 progress(len(chunk))

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from hemoseg import RESEARCH_NOTICE, __version__
-from hemoseg.inference.intracranial import BONE_HU
+from hemoseg.inference import intracranial
 from hemoseg.inference.volumes import NO_SPACING, StudyMeasurements
 
 REPORT_COLUMNS = [
@@ -39,9 +39,6 @@ def _now() -> str:
 
 def _round(x, nd=3):
     return None if x is None else round(float(x), nd)
-
-
-SKULL_MASK_NOTE = f"labels outside the skull's inner table (bone > {BONE_HU:.0f} HU) were removed"
 
 
 def build_report(study, measurements: StudyMeasurements, *, origin, files: dict,
@@ -82,7 +79,7 @@ def build_report(study, measurements: StudyMeasurements, *, origin, files: dict,
         "spacing_mm": list(measurements.spacing_mm) if measurements.spacing_mm else None,
         "spacing_note": None if measurements.spacing_mm else NO_SPACING,
         "model": model,
-        "postprocessing": ([SKULL_MASK_NOTE] if study.is_hu else []),
+        "postprocessing": ([intracranial.NOTE] if intracranial.applies(study) else []),
         "any_hemorrhage": measurements.total_voxels > 0,
         "total": {"voxels": measurements.total_voxels,
                   "volume_ml": _round(measurements.total_volume_ml, 4),
