@@ -31,6 +31,9 @@ def register(sub) -> None:
     p.add_argument("--depth", type=positive(int), help="encoder levels (default 5, as in the paper)")
     p.add_argument("--no-attention", dest="attention", action="store_const", const=False,
                    help="plain U-Net baseline (same network, gates off)")
+    p.add_argument("--init", type=Path, metavar="RUN",
+                   help="start from this run's weights (transfer learning; e.g. a model trained on "
+                        "`hemoseg synth` data). Classes are matched by name; the architecture follows RUN")
     p.add_argument("--epochs", type=positive(int))
     p.add_argument("--batch-size", type=positive(int))
     p.add_argument("--steps-per-epoch", type=positive(int))
@@ -78,12 +81,15 @@ def run(args: argparse.Namespace) -> int:
             raise HemosegError("give a DATASET and --out RUN (or --resume RUN)")
         out, dataset = args.out, args.dataset
     width = args.width or (SIZES[args.model_size] if args.model_size else None)
+    depth, attention = args.depth, args.attention
+    if args.init and not args.resume:
+        width, depth, attention = _architecture_of(args.init, width, depth, attention)
     cfg = PRESETS[args.preset].override(
-        mode=args.mode, width=width, depth=args.depth, attention=args.attention, epochs=args.epochs, batch_size=args.batch_size,
+        mode=args.mode, width=width, depth=depth, attention=attention, epochs=args.epochs, batch_size=args.batch_size,
         steps_per_epoch=args.steps_per_epoch, lr=args.lr, size=args.size, patch=args.patch, max_minutes=args.max_minutes,
         patience=args.patience, seed=args.seed, workers=args.workers, compile=args.compile, amp=args.amp,
         class_weighting=args.class_weighting, calibrate=args.calibrate, stem=args.stem,
-        deep_supervision=args.deep_supervision)
+        deep_supervision=args.deep_supervision, init=str(args.init) if args.init and not args.resume else None)
     summary = Trainer(dataset, out, cfg, resume=bool(args.resume), force=args.force, device=args.device,
                       quiet=args.quiet).run()
     if int(os.environ.get("RANK", "0")) == 0:
@@ -92,6 +98,19 @@ def run(args: argparse.Namespace) -> int:
               + (f", {summary['val_dice_calibrated']:.4f} after calibration" if "val_dice_calibrated" in summary else "")
               + f"; run folder: {out}")
     return 0
+
+
+def _architecture_of(init: Path, width, depth, attention):
+    """--init fixes the network's shape; a flag that contradicts it is an error, not ignored."""
+    from hemoseg.training.checkpoint import load_checkpoint
+
+    mc = load_checkpoint(init, weights=False).model_config
+    for flag, given, theirs in (("--width", width, mc.width), ("--depth", depth, mc.depth),
+                                ("--no-attention", attention, mc.attention)):
+        if given is not None and given != theirs:
+            raise HemosegError(f"{flag} contradicts the --init model (width {mc.width}, depth {mc.depth}, "
+                               f"attention {'on' if mc.attention else 'off'})", init)
+    return mc.width, mc.depth, mc.attention
 
 
 def _launch_torchrun(n: int) -> int:

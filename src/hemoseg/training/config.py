@@ -36,6 +36,7 @@ class TrainConfig:
     device_augment: bool | None = None  # batched augmentation on the training device; None: on for CUDA
     compile: bool = False
     amp: bool = True                    # bf16 autocast on CUDA, and on CPUs with native bf16
+    init: str | None = None             # start from this run's weights (training/transfer.py)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -35,6 +35,7 @@ from hemoseg.training.data_setup import prepare_training_data
 from hemoseg.training.distributed import DistContext, convert_sync_batchnorm, init_from_env, shutdown
 from hemoseg.training.losses import SegmentationLoss, init_head_prior, inverse_frequency_weights, pool_to
 from hemoseg.training.sampling import EpochSampler
+from hemoseg.training.transfer import load_init
 
 HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_dice", "val_loss", "val_dice", "epoch_seconds",
                   "data_seconds", "images_per_second"]
@@ -154,8 +155,13 @@ class Trainer:
         self.metric_names = ["lesion"] if cfg.mode == "binary" else list(data.classes.names)
         k = len(data.classes)
         pix = data.train.images.astype(np.float32) / 255.0
-        prep = (self.resume_from[0].preprocessing if self.resume_from else
-                Preprocessing(size=cfg.size, mean=round(float(pix.mean()), 6), std=round(float(pix.std()) or 1.0, 6)))
+        source = load_checkpoint(cfg.init) if cfg.init and not self.resume_from else None
+        if self.resume_from:
+            prep = self.resume_from[0].preprocessing
+        elif source:  # the source's normalisation: a pixel value keeps the meaning its weights learned
+            prep = dataclasses.replace(source.preprocessing, size=cfg.size)
+        else:
+            prep = Preprocessing(size=cfg.size, mean=round(float(pix.mean()), 6), std=round(float(pix.std()) or 1.0, 6))
         del pix
         mcfg = ModelConfig(in_channels=1, out_channels=num_outputs(cfg.mode, k), width=cfg.width,
                            depth=cfg.depth, attention=cfg.attention, stem=cfg.stem,
@@ -168,6 +174,9 @@ class Trainer:
         if cfg.patch and cfg.patch > cfg.size:
             raise HemosegError(f"--patch {cfg.patch} is larger than --size {cfg.size}")
         init_head_prior(model.head, cfg.mode)
+        if source:
+            kept = load_init(model, source, cfg.mode, list(data.classes.names))
+            self.log(f"initialised from {cfg.init}; learned detectors kept for: {', '.join(kept) or 'none'}")
         self.log(f"hemoseg {__version__} | {cfg.mode} | classes: {', '.join(data.classes.names)} | "
                  f"model width {cfg.width} depth {cfg.depth} attention={cfg.attention}: "
                  f"{count_parameters(model) / 1e6:.2f} M parameters | device {dev} x{ctx.world}")
@@ -221,7 +230,8 @@ class Trainer:
         val_ds = SegmentationDataset(data.valid, prep, None)
         val_idx = list(range(ctx.rank, len(val_ds), ctx.world))
         val_loader = DataLoader(torch.utils.data.Subset(val_ds, val_idx), batch_size=max(cfg.batch_size // ctx.world, 1),
-                                shuffle=False, num_workers=min(workers, 2))
+                                shuffle=False, num_workers=min(workers, 2), pin_memory=dev.type == "cuda",
+                                persistent_workers=workers > 0)  # no re-spawn every epoch
 
         total_steps = len(sampler) * cfg.epochs
         step = (start_epoch - 1) * len(sampler)
