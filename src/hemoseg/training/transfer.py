@@ -20,7 +20,7 @@ import torch
 from hemoseg.errors import HemosegError
 
 BACKGROUND = "background"
-HEADS = ("head",)  # plus aux_heads.N: every 1x1 output layer
+OUTPUT_LAYERS = ("head.", "aux_heads.")  # the 1x1 convolutions whose channels are classes
 
 
 def channel_names(mode: str, classes: list[str]) -> list[str]:
@@ -59,8 +59,7 @@ def load_init(model: torch.nn.Module, ckpt, dst_mode: str, dst_classes: list[str
     mapping = channel_map(ckpt.mode, list(ckpt.classes.names), dst_mode, dst_classes)
     new = {}
     for key, value in state.items():
-        layer = key.rsplit(".", 1)[0]
-        if layer in HEADS or layer.startswith("aux_heads."):
+        if key.startswith(OUTPUT_LAYERS):
             if key in src:
                 new[key] = _mapped(value, src[key], mapping)
             continue
