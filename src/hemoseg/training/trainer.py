@@ -154,15 +154,15 @@ class Trainer:
         # Binary mode scores one merged "lesion" channel, whatever the dataset's class count.
         self.metric_names = ["lesion"] if cfg.mode == "binary" else list(data.classes.names)
         k = len(data.classes)
-        pix = data.train.images.astype(np.float32) / 255.0
         source = load_checkpoint(cfg.init) if cfg.init and not self.resume_from else None
         if self.resume_from:
             prep = self.resume_from[0].preprocessing
         elif source:  # the source's normalisation: a pixel value keeps the meaning its weights learned
             prep = dataclasses.replace(source.preprocessing, size=cfg.size)
-        else:
+        else:  # a float copy of the whole training split, so only when its statistics are needed
+            pix = data.train.images.astype(np.float32) / 255.0
             prep = Preprocessing(size=cfg.size, mean=round(float(pix.mean()), 6), std=round(float(pix.std()) or 1.0, 6))
-        del pix
+            del pix
         mcfg = ModelConfig(in_channels=1, out_channels=num_outputs(cfg.mode, k), width=cfg.width,
                            depth=cfg.depth, attention=cfg.attention, stem=cfg.stem,
                            deep_supervision=cfg.deep_supervision)
@@ -314,7 +314,7 @@ class Trainer:
             if ctx.is_main:
                 meta = {**meta_base, "epoch": epoch, "history": history, "best_val_dice": best,
                         "val_metrics": val_metrics, "elapsed_seconds": time.perf_counter() - t_start}
-                state = {k2: v for k2, v in model.state_dict().items()}
+                state = model.state_dict()
                 if improved:
                     save_checkpoint(self.out / run_dir.BEST, state, mcfg, data.classes, cfg.mode, prep, meta)
                 save_checkpoint(self.out / run_dir.LAST, state, mcfg, data.classes, cfg.mode, prep, meta,
