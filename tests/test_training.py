@@ -189,3 +189,28 @@ def test_class_weighting_is_the_default_and_the_flag_turns_it_off(blobs, tmp_pat
                  "--batch-size", "8", "--no-class-weighting", "--quiet"]) == 0
     assert load_checkpoint(run).meta["train_config"]["class_weighting"] is False
     assert PRESETS["default"].class_weighting is True and PRESETS["paper"].class_weighting is False
+
+
+def test_augmentation_flag_picks_a_policy_and_flip_only_flips(blobs, tmp_path, one_thread):
+    import albumentations as A
+    import numpy as np
+
+    from hemoseg.data.augment import build_augmentation
+
+    run = tmp_path / "flip"
+    assert main(["train", str(blobs), "--out", str(run), "--size", "32", "--width", "4", "--epochs", "1",
+                 "--batch-size", "8", "--augmentation", "flip", "--quiet"]) == 0
+    assert load_checkpoint(run).meta["train_config"]["augmentation"] == "flip"
+    assert PRESETS["default"].augmentation == "default"  # the flag changes a run, not the preset
+    # the image either stays exactly as it was or is exactly mirrored: no warp, no intensity change
+    aug = build_augmentation("flip", seed=0)
+    assert [type(t) for t in aug.transforms] == [A.HorizontalFlip]
+    img = np.arange(32 * 32, dtype=np.uint8).reshape(32, 32)
+    mask = (img % 7 == 0).astype(np.uint8)
+    seen = set()
+    for _ in range(40):
+        out = aug(image=img, mask=mask)
+        flipped = np.array_equal(out["image"], img[:, ::-1]) and np.array_equal(out["mask"], mask[:, ::-1])
+        assert flipped or (np.array_equal(out["image"], img) and np.array_equal(out["mask"], mask))
+        seen.add(flipped)
+    assert seen == {True, False}

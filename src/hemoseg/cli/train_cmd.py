@@ -14,6 +14,7 @@ from hemoseg.models.config import SIZES
 
 
 def register(sub) -> None:
+    from hemoseg.data.augment import POLICIES
     from hemoseg.training.config import PRESETS
 
     p = sub.add_parser("train", help="train an Attention U-Net on a COCO export",
@@ -49,6 +50,9 @@ def register(sub) -> None:
                         "(the default preset weights; see docs/recipe.md)")
     p.add_argument("--no-calibrate", dest="calibrate", action="store_const", const=False,
                    help="skip fitting per-class logit offsets on validation after training (default preset fits them)")
+    p.add_argument("--augmentation", choices=sorted(POLICIES),
+                   help="training augmentation: the preset's by default; 'flip' (left-right only) suits short "
+                        "budgets (docs/recipe.md, exp. 26)")
     p.add_argument("--max-minutes", type=positive(float), help="wall-clock budget; the LR schedule anneals to fit it")
     p.add_argument("--deep-supervision", type=non_negative(int), metavar="N",
                    help="train extra heads on the N decoder levels below the output (0: off)")
@@ -88,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         mode=args.mode, width=width, depth=depth, attention=attention, epochs=args.epochs, batch_size=args.batch_size,
         steps_per_epoch=args.steps_per_epoch, lr=args.lr, size=args.size, patch=args.patch, max_minutes=args.max_minutes,
         patience=args.patience, seed=args.seed, workers=args.workers, compile=args.compile, amp=args.amp,
-        class_weighting=args.class_weighting, calibrate=args.calibrate, stem=args.stem,
+        augmentation=args.augmentation, class_weighting=args.class_weighting, calibrate=args.calibrate, stem=args.stem,
         deep_supervision=args.deep_supervision, init=str(args.init) if args.init and not args.resume else None)
     summary = Trainer(dataset, out, cfg, resume=bool(args.resume), force=args.force, device=args.device,
                       quiet=args.quiet).run()

@@ -7,7 +7,9 @@ runs on the GPU (`device_augment.py`).
 "paper" reproduces the study's list (rotation, h/v flip, shift-scale-rotate,
 brightness/contrast); "default" drops the vertical flip (heads are never upside
 down on an axial CT) and uses milder intensity jitter so that HU-derived
-brightness keeps its meaning.
+brightness keeps its meaning. "flip" is the left-right flip alone: for a short
+budget, where the network is still underfitting, every other transform only
+slows learning (docs/recipe.md, exp. 26; the demo uses it).
 """
 
 from __future__ import annotations
@@ -15,13 +17,6 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
-
-# albumentations otherwise asks PyPI for its latest version at import: a network
-# call from a clinical workstation that nobody asked for (and a warning offline).
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-import albumentations as A  # noqa: E402
-import cv2  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -45,6 +40,7 @@ POLICIES: dict[str, Policy | None] = {
                     affine_rotate=15, intensity_p=0.5, brightness=0.2, contrast=0.2),
     "default": Policy(hflip=0.5, affine_p=0.7, translate=0.08, scale=0.15, affine_rotate=20,
                       intensity_p=0.5, brightness=0.1, contrast=0.1),
+    "flip": Policy(hflip=0.5),
 }
 
 
@@ -59,6 +55,13 @@ def build_augmentation(policy: str, seed: int | None = None, patch: int | None =
     image has any. The network is fully convolutional, so it still predicts
     whole images; crops cut the cost of a step ~(size/patch)^2 while keeping full
     resolution, which is what thin bleeds need on a CPU budget."""
+    # albumentations otherwise asks PyPI for its latest version at import: a network
+    # call from a clinical workstation that nobody asked for (and a warning offline).
+    # Imported here so that the policy table (used by the CLI) costs nothing to import.
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import albumentations as A
+    import cv2
+
     p = get_policy(policy)
     crop = [A.CropNonEmptyMaskIfExists(patch, patch)] if patch else []
     if p is None:

@@ -27,7 +27,7 @@ class TrainConfig:
     loss: str = "ce_dice"               # bce_dice | ce_dice
     class_weighting: bool = True        # multiclass: inverse-sqrt pixel frequency in CE (docs/recipe.md, exp. 17)
     foreground_fraction: float = 0.5    # share of samples drawn from images with lesions (None-like: 0 = plain shuffle)
-    augmentation: str = "default"       # none | paper | default
+    augmentation: str = "default"       # none | flip | paper | default (data/augment.py)
     calibrate: bool = True              # per-class logit offsets fitted on validation (training/calibration.py)
     patience: int | None = None         # early stopping, in epochs without val improvement
     max_minutes: float | None = None    # wall-clock budget; the LR schedule anneals to it
