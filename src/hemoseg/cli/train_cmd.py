@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from hemoseg.training.trainer import Trainer
 
     if args.gpus and args.gpus > 1 and "WORLD_SIZE" not in os.environ:
-        return _launch_torchrun(args.gpus)
+        return _launch_torchrun(args.gpus, args.argv)
     if args.resume:
         out = args.resume
         dataset = args.dataset
@@ -117,20 +117,9 @@ def _architecture_of(init: Path, width, depth, attention):
     return mc.width, mc.depth, mc.attention
 
 
-def _launch_torchrun(n: int) -> int:
-    """Re-run this exact command under torchrun with N processes on this node."""
-    cleaned, skip = [], False
-    for a in sys.argv[1:]:
-        if skip:
-            skip = False
-            continue
-        if a == "--gpus":
-            skip = True
-            continue
-        if a.startswith("--gpus="):
-            continue
-        cleaned.append(a)
+def _launch_torchrun(n: int, argv: list[str]) -> int:
+    """Re-run this exact command under torchrun with N processes on this node. The
+    children see WORLD_SIZE, so their own --gpus does not launch again."""
     # This interpreter's torchrun: a `torchrun` found on PATH may belong to another Python.
-    cmd = [sys.executable, "-m", "torch.distributed.run"]
-    cmd += ["--standalone", f"--nproc_per_node={n}", "-m", "hemoseg", *cleaned]
-    return subprocess.call(cmd)
+    return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                            f"--nproc_per_node={n}", "-m", "hemoseg", *argv])
