@@ -239,6 +239,20 @@ def test_resume_without_checkpoint(tmp_path, capsys):
     one_line_error(capsys)
 
 
+def test_resume_refuses_flags_it_would_ignore(tmp_path, capsys):
+    """A resumed run goes on with its saved recipe; a recipe flag is an error, not a no-op."""
+    run = tmp_path / "run"
+    run.mkdir()
+    tiny_checkpoint(run / "last.safetensors")
+    before = (run / "last.safetensors").read_bytes()
+    assert main(["train", "--resume", str(run), "--lr", "0.1", "--no-attention", "--augmentation", "flip",
+                 "--quiet"]) == 2
+    line = one_line_error(capsys)
+    assert "--augmentation, --lr, --no-attention" in line and str(run) in line
+    assert (run / "last.safetensors").read_bytes() == before and sorted(p.name for p in run.iterdir()) == [
+        "last.safetensors"]
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
 def test_corrupt_checkpoint_is_one_line_error(tmp_path, capsys, damage):
     run = tmp_path / "run"

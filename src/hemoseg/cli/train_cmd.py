@@ -65,7 +65,7 @@ def register(sub) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--gpus", type=positive(int), help="launch N processes with torchrun (DistributedDataParallel)")
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, flag_names={a.dest: a.option_strings[-1] for a in p._actions if a.option_strings})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if args.gpus and args.gpus > 1 and "WORLD_SIZE" not in os.environ:
         return _launch_torchrun(args.gpus, args.argv)
     if args.resume:
+        _refuse_recipe_flags(args)
         out = args.resume
         dataset = args.dataset
         if dataset is None:
@@ -102,6 +103,20 @@ def run(args: argparse.Namespace) -> int:
               + (f", {summary['val_dice_calibrated']:.4f} after calibration" if "val_dice_calibrated" in summary else "")
               + f"; run folder: {out}")
     return 0
+
+
+# What a resumed run may be told: everything else it takes from its checkpoint, so that it
+# goes on as it started (a flag here would be silently ignored, which is worse than an error).
+_RESUME_FLAGS = {"dataset", "out", "resume", "force", "preset", "epochs", "device", "gpus", "quiet", "func", "argv",
+                 "command", "flag_names"}
+
+
+def _refuse_recipe_flags(args: argparse.Namespace) -> None:
+    given = [k for k, v in vars(args).items() if k not in _RESUME_FLAGS and v is not None]
+    if given:
+        flags = ", ".join(sorted(args.flag_names[k] for k in given))
+        raise HemosegError(f"{flags}: a resumed run keeps the recipe it started with (only --epochs may change)",
+                           args.resume)
 
 
 def _architecture_of(init: Path, width, depth, attention):
