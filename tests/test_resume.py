@@ -246,9 +246,9 @@ def test_resume_refuses_flags_it_would_ignore(tmp_path, capsys):
     tiny_checkpoint(run / "last.safetensors")
     before = (run / "last.safetensors").read_bytes()
     assert main(["train", "--resume", str(run), "--lr", "0.1", "--no-attention", "--augmentation", "flip",
-                 "--quiet"]) == 2
+                 "--preset", "paper", "--quiet"]) == 2
     line = one_line_error(capsys)
-    assert "--augmentation, --lr, --no-attention" in line and str(run) in line
+    assert "--augmentation, --lr, --no-attention, --preset" in line and str(run) in line
     assert (run / "last.safetensors").read_bytes() == before and sorted(p.name for p in run.iterdir()) == [
         "last.safetensors"]
 

@@ -24,7 +24,7 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, help="run folder to create")
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted run from its last epoch")
     p.add_argument("--force", action="store_true", help="overwrite an existing run folder")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="recipe to start from (default: default)")
     p.add_argument("--mode", choices=["binary", "multiclass", "multilabel"])
     p.add_argument("--model-size", choices=sorted(SIZES), help="width preset: " +
                    ", ".join(f"{k}={v}" for k, v in SIZES.items()))
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     depth, attention = args.depth, args.attention
     if args.init and not args.resume:
         width, depth, attention = _architecture_of(args.init, width, depth, attention)
-    cfg = PRESETS[args.preset].override(
+    cfg = PRESETS[args.preset or "default"].override(
         mode=args.mode, width=width, depth=depth, attention=attention, epochs=args.epochs, batch_size=args.batch_size,
         steps_per_epoch=args.steps_per_epoch, lr=args.lr, size=args.size, patch=args.patch, max_minutes=args.max_minutes,
         patience=args.patience, seed=args.seed, workers=args.workers, compile=args.compile, amp=args.amp,
@@ -105,16 +105,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# What a resumed run may be told: everything else it takes from its checkpoint, so that it
-# goes on as it started (a flag here would be silently ignored, which is worse than an error).
-_RESUME_FLAGS = {"dataset", "out", "resume", "force", "preset", "epochs", "device", "gpus", "quiet", "func", "argv",
-                 "command", "flag_names"}
+# The flags a resumed run may be given: it takes everything else from its checkpoint, so that it
+# goes on as it started (a flag it would silently ignore is worse than an error).
+_RESUME_FLAGS = {"out", "resume", "force", "epochs", "device", "gpus", "quiet"}
 
 
 def _refuse_recipe_flags(args: argparse.Namespace) -> None:
-    given = [k for k, v in vars(args).items() if k not in _RESUME_FLAGS and v is not None]
+    given = [flag for dest, flag in args.flag_names.items()
+             if dest not in _RESUME_FLAGS and getattr(args, dest, None) is not None]
     if given:
-        flags = ", ".join(sorted(args.flag_names[k] for k in given))
+        flags = ", ".join(sorted(given))
         raise HemosegError(f"{flags}: a resumed run keeps the recipe it started with (only --epochs may change)",
                            args.resume)
 
