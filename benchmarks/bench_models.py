@@ -162,7 +162,7 @@ def job_train(name: str, args) -> dict:
     from hemoseg.data.device_augment import DeviceAugment
     from hemoseg.data.preprocessing import Preprocessing
     from hemoseg.training.losses import SegmentationLoss
-    from hemoseg.training.trainer import native_bf16
+    from hemoseg.training.precision import native_bf16
 
     dev = torch.device(args.device)
     use_amp = args.amp and native_bf16(dev)
@@ -239,7 +239,7 @@ def time_inference(fn, make_input, batch: int, min_seconds: float, dev) -> float
 
 
 def job_infer(name: str, args) -> dict:
-    from hemoseg.training.trainer import native_bf16
+    from hemoseg.training.precision import native_bf16
 
     dev = torch.device(args.device)
     use_amp = args.amp and native_bf16(dev)

@@ -61,7 +61,7 @@ def register(sub) -> None:
     p.add_argument("--workers", type=non_negative(int), help="augment per sample (albumentations) in N loader processes; default on CUDA: batched on the GPU")
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
     p.add_argument("--fp32", dest="amp", action="store_const", const=False,
-                   help="full float32 (default: bf16 autocast on CUDA and on CPUs with native bf16)")
+                   help="full float32 (default: bf16 autocast on CUDA; on a CPU with bf16 units, whichever a few timed steps at the start say is faster)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--gpus", type=positive(int), help="launch N processes with torchrun (DistributedDataParallel)")
     p.add_argument("--quiet", action="store_true")

@@ -35,7 +35,7 @@ class TrainConfig:
     workers: int | None = None          # None: 0 on CPU, up to 8 worker processes on CUDA
     device_augment: bool | None = None  # batched augmentation on the training device; None: on for CUDA
     compile: bool = False
-    amp: bool = True                    # bf16 autocast on CUDA, and on CPUs with native bf16
+    amp: bool = True                    # bf16 autocast where it is faster (training/precision.py)
     init: str | None = None             # start from this run's weights (training/transfer.py)
 
     def to_dict(self) -> dict:

@@ -34,6 +34,7 @@ from hemoseg.training.curves import plot_curves
 from hemoseg.training.data_setup import prepare_training_data
 from hemoseg.training.distributed import DistContext, convert_sync_batchnorm, init_from_env, shutdown
 from hemoseg.training.losses import SegmentationLoss, init_head_prior, inverse_frequency_weights, pool_to
+from hemoseg.training.precision import choose_bf16
 from hemoseg.training.sampling import EpochSampler
 from hemoseg.training.transfer import load_init
 
@@ -65,23 +66,6 @@ def loader_workers(requested: int | None, device: torch.device, world: int = 1) 
     if device.type != "cuda":
         return 0
     return max(min(8, cpu_threads() // max(world, 1) - 1), 0)
-
-
-def cpu_has_bf16() -> bool:
-    """Native bf16 matmul units (AVX512-BF16, AMX). Elsewhere CPU bf16 is emulated and slower than fp32."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Where bf16 autocast pays: CUDA, or a CPU with bf16 units."""
-    return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
-
-
-def amp_enabled(cfg: TrainConfig, device: torch.device) -> bool:
-    return cfg.amp and native_bf16(device)
 
 
 def use_device_augment(cfg: TrainConfig, device: torch.device) -> bool:
@@ -181,16 +165,21 @@ class Trainer:
                  f"model width {cfg.width} depth {cfg.depth} attention={cfg.attention}: "
                  f"{count_parameters(model) / 1e6:.2f} M parameters | device {dev} x{ctx.world}")
 
-        use_amp = amp_enabled(cfg, dev)
         # NHWC suits oneDNN's CPU convolutions in fp32 too (+35% training on 2 cores, docs/recipe.md).
-        channels_last = use_amp or dev.type == "cpu"
+        channels_last = cfg.amp or dev.type == "cpu"
         if dev.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest conv kernels once
-        if ctx.enabled:
-            model = convert_sync_batchnorm(model, dev)
         model.to(dev)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
+        side = cfg.patch or cfg.size
+        probe = torch.randn(max(cfg.batch_size // ctx.world, 1), 1, side, side, device=dev)
+        use_amp, why = choose_bf16(model, probe.contiguous(memory_format=torch.channels_last) if channels_last else probe,
+                                   cfg.amp)
+        use_amp = ctx.broadcast_flag(use_amp)  # rank 0's stopwatch decides for all
+        self.log(f"precision: {why}")
+        if ctx.enabled:
+            model = convert_sync_batchnorm(model, dev)
         weights = None
         if cfg.class_weighting and cfg.mode == "multiclass":
             weights = inverse_frequency_weights(data.train.class_pixel_counts(k), data.train.targets.size)

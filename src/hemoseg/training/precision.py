@@ -1,0 +1,61 @@
+"""bf16 or fp32: decided by the hardware, and on a CPU by a stopwatch.
+
+On a GPU bf16 autocast always pays. On a CPU it depends on the chip: with
+AVX512-BF16 a 2-core AMD EPYC trains the demo network 2x faster in bf16, while a
+2-core Intel Xeon with the same instruction set (no AMX) trains it 25% *slower*
+than in fp32 (docs/recipe.md, experiment 28). CPU flags cannot tell the two apart,
+so a CPU that can do bf16 times a few steps of the real network both ways.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import nullcontext
+
+import torch
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 matmul units (AVX512-BF16, AMX). Elsewhere CPU bf16 is emulated and slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Where bf16 autocast can pay: CUDA, or a CPU with bf16 units."""
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
+
+
+def step_seconds(model: torch.nn.Module, x: torch.Tensor, bf16: bool, steps: int = 2) -> float:
+    """Fastest of `steps` forward+backward passes (after one warm-up) on a copy of
+    `model`, so neither its weights nor its BatchNorm statistics move."""
+    net = copy.deepcopy(model).train()
+    ctx = (lambda: torch.autocast(x.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
+    best = float("inf")
+    for i in range(steps + 1):
+        t = time.perf_counter()
+        with ctx():
+            out = net(x)
+        loss = sum(o.float().square().mean() for o in (out if isinstance(out, list) else [out]))
+        loss.backward()
+        net.zero_grad(set_to_none=True)
+        if i:
+            best = min(best, time.perf_counter() - t)
+    return best
+
+
+def choose_bf16(model: torch.nn.Module, x: torch.Tensor, allowed: bool) -> tuple[bool, str]:
+    """(use bf16 autocast?, a line saying why) for training `model` on batches like `x`."""
+    if not allowed:
+        return False, "fp32 (--fp32)"
+    if not native_bf16(x.device):
+        return False, "fp32 (no native bf16 on this CPU)"
+    if x.device.type != "cpu":
+        return True, "bf16 autocast"
+    fp32, bf16 = step_seconds(model, x, False), step_seconds(model, x, True)
+    use = bf16 < fp32
+    return use, (f"{'bf16 autocast' if use else 'fp32'} (timed on this CPU: "
+                 f"fp32 {fp32 * 1000:.0f} ms, bf16 {bf16 * 1000:.0f} ms per step)")

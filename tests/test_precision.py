@@ -1,0 +1,43 @@
+"""bf16 vs fp32 is decided by hardware and, on a bf16-capable CPU, by timing."""
+
+import torch
+
+from hemoseg.models.attention_unet import build_model
+from hemoseg.models.config import ModelConfig
+from hemoseg.training import precision
+
+
+def _tiny():
+    return build_model(ModelConfig(out_channels=3, width=4, depth=3, deep_supervision=1))
+
+
+def test_probe_leaves_weights_and_batchnorm_statistics_alone():
+    model = _tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    t = precision.step_seconds(model, torch.randn(2, 1, 32, 32), bf16=False)
+    assert t > 0
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_faster_precision_wins_on_a_bf16_cpu(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    x = torch.randn(2, 1, 32, 32)
+    for fp32_s, bf16_s, want in ((0.5, 0.7, False), (0.7, 0.5, True)):
+        monkeypatch.setattr(precision, "step_seconds", lambda m, x, bf16: bf16_s if bf16 else fp32_s)
+        use, why = precision.choose_bf16(_tiny(), x, allowed=True)
+        assert use is want
+        assert "fp32 500 ms" in why or "fp32 700 ms" in why
+
+
+def test_no_probe_when_bf16_is_off_or_emulated(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("probe should not run")
+
+    monkeypatch.setattr(precision, "step_seconds", boom)
+    x = torch.randn(2, 1, 32, 32)
+    assert precision.choose_bf16(_tiny(), x, allowed=False) == (False, "fp32 (--fp32)")
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    use, why = precision.choose_bf16(_tiny(), x, allowed=True)
+    assert not use and "no native bf16" in why
