@@ -14,8 +14,8 @@ def _tiny():
 def test_probe_leaves_weights_and_batchnorm_statistics_alone():
     model = _tiny()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    t = precision.step_seconds(model, torch.randn(2, 1, 32, 32), bf16=False)
-    assert t > 0
+    fp32, bf16 = precision.step_seconds(model, torch.randn(2, 1, 32, 32), rounds=1)
+    assert fp32 > 0 and bf16 > 0
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert all(p.grad is None for p in model.parameters())
@@ -24,11 +24,11 @@ def test_probe_leaves_weights_and_batchnorm_statistics_alone():
 def test_faster_precision_wins_on_a_bf16_cpu(monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
     x = torch.randn(2, 1, 32, 32)
-    for fp32_s, bf16_s, want in ((0.5, 0.7, False), (0.7, 0.5, True)):
-        monkeypatch.setattr(precision, "step_seconds", lambda m, x, bf16: bf16_s if bf16 else fp32_s)
+    for times, want in (((0.5, 0.7), False), ((0.7, 0.5), True), ((0.5, 0.47), False)):
+        monkeypatch.setattr(precision, "step_seconds", lambda m, x, t=times: t)
         use, why = precision.choose_bf16(_tiny(), x, allowed=True)
         assert use is want
-        assert "fp32 500 ms" in why or "fp32 700 ms" in why
+        assert f"fp32 {times[0] * 1000:.0f} ms, bf16 {times[1] * 1000:.0f} ms" in why
 
 
 def test_no_probe_when_bf16_is_off_or_emulated(monkeypatch):

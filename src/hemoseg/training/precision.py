@@ -10,6 +10,7 @@ so a CPU that can do bf16 times a few steps of the real network both ways.
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 from contextlib import nullcontext
 
@@ -29,33 +30,36 @@ def native_bf16(device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
 
 
-def step_seconds(model: torch.nn.Module, x: torch.Tensor, bf16: bool, steps: int = 2) -> float:
-    """Fastest of `steps` forward+backward passes (after one warm-up) on a copy of
-    `model`, so neither its weights nor its BatchNorm statistics move."""
+def step_seconds(model: torch.nn.Module, x: torch.Tensor, rounds: int = 3) -> tuple[float, float]:
+    """Median seconds of a forward+backward pass in fp32 and in bf16, on a copy of
+    `model` so neither its weights nor its BatchNorm statistics move. The two
+    alternate, after two warm-up rounds (oneDNN builds its kernels on first use),
+    so a background job slows both alike."""
     net = copy.deepcopy(model).train()
-    ctx = (lambda: torch.autocast(x.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
-    best = float("inf")
-    for i in range(steps + 1):
-        t = time.perf_counter()
-        with ctx():
-            out = net(x)
-        loss = sum(o.float().square().mean() for o in (out if isinstance(out, list) else [out]))
-        loss.backward()
-        net.zero_grad(set_to_none=True)
-        if i:
-            best = min(best, time.perf_counter() - t)
-    return best
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(rounds + 2):
+        for bf16 in (False, True):
+            t = time.perf_counter()
+            with torch.autocast(x.device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
+                out = net(x)
+            loss = sum(o.float().square().mean() for o in (out if isinstance(out, list) else [out]))
+            loss.backward()
+            net.zero_grad(set_to_none=True)
+            if i >= 2:
+                times[bf16].append(time.perf_counter() - t)
+    return statistics.median(times[False]), statistics.median(times[True])
 
 
 def choose_bf16(model: torch.nn.Module, x: torch.Tensor, allowed: bool) -> tuple[bool, str]:
-    """(use bf16 autocast?, a line saying why) for training `model` on batches like `x`."""
+    """(use bf16 autocast?, a line saying why) for training `model` on batches like `x`.
+    bf16 must win by 10%: near a tie, fp32's exact arithmetic is worth more."""
     if not allowed:
         return False, "fp32 (--fp32)"
     if not native_bf16(x.device):
         return False, "fp32 (no native bf16 on this CPU)"
     if x.device.type != "cpu":
         return True, "bf16 autocast"
-    fp32, bf16 = step_seconds(model, x, False), step_seconds(model, x, True)
-    use = bf16 < fp32
+    fp32, bf16 = step_seconds(model, x)
+    use = bf16 < 0.9 * fp32
     return use, (f"{'bf16 autocast' if use else 'fp32'} (timed on this CPU: "
                  f"fp32 {fp32 * 1000:.0f} ms, bf16 {bf16 * 1000:.0f} ms per step)")
