@@ -39,15 +39,19 @@ def _dice(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
     return 2 * tp / (2 * tp + fp + fn).clamp_min(1)
 
 
-def fit_offsets(logits: torch.Tensor, target: torch.Tensor, mode: str, k: int, rounds: int = 2) -> Offsets:
+def fit_offsets(logits: torch.Tensor, target: torch.Tensor, mode: str, k: int) -> Offsets:
     """Offsets maximising pooled mean Dice over the classes present (the selection metric).
+
+    Softmax offsets interact (one class's border is another's), so the coordinate
+    search repeats until a full round moves nothing: stopping after two rounds cost
+    0.007 of validation Dice on the demo model (docs/recipe.md, experiment 30).
 
     logits: (N, C, H, W); target: what the loss takes (a label map, or 0/1 maps
     for sigmoid heads). Pixels whose decision no offset in the grid can flip
     are counted once, so the search touches only the ambiguous few.
     """
     if mode == "multiclass":
-        return _fit_softmax(logits.float(), target.long(), k, rounds)
+        return _fit_softmax(logits.float(), target.long(), k)
     return _fit_sigmoid(logits.float(), target.bool(), k)
 
 
@@ -83,7 +87,7 @@ def _fit_sigmoid(logits: torch.Tensor, target: torch.Tensor, k: int) -> Offsets:
     return Offsets([round(v, 4) for v in off.tolist()], sum(before) / len(before), sum(after) / len(after))
 
 
-def _fit_softmax(logits: torch.Tensor, target: torch.Tensor, k: int, rounds: int) -> Offsets:
+def _fit_softmax(logits: torch.Tensor, target: torch.Tensor, k: int) -> Offsets:
     c = logits.shape[1]
     images_with = torch.stack([(target == j).flatten(1).any(1).sum() for j in range(1, c)])
     z = logits.permute(0, 2, 3, 1).reshape(-1, c)
@@ -104,7 +108,8 @@ def _fit_softmax(logits: torch.Tensor, target: torch.Tensor, k: int, rounds: int
         return float(_dice(tp, fp, fn)[present].mean())
 
     before = best = score(off)
-    for _ in range(rounds):
+    changed = True
+    while changed:  # every accepted move gains > 1e-4 of a score <= 1, so this ends
         changed = False
         for ch in fitted.tolist():
             for g in GRID.tolist():
@@ -113,12 +118,11 @@ def _fit_softmax(logits: torch.Tensor, target: torch.Tensor, k: int, rounds: int
                 s = score(trial)
                 if s > best + 1e-4:
                     best, off, changed = s, trial, True
-        if not changed:
-            break
     return Offsets([round(v, 4) for v in off.tolist()], before, best)
 
 
 def _counts(pred: torch.Tensor, t: torch.Tensor, c: int) -> torch.Tensor:
-    """(C, 3) TP, FP, FN per label value from two label vectors."""
-    tp = torch.bincount(t[pred == t], minlength=c)
-    return torch.stack([tp, torch.bincount(pred, minlength=c) - tp, torch.bincount(t, minlength=c) - tp], 1).double()
+    """(C, 3) TP, FP, FN per label value from two label vectors (one bincount of the pairs)."""
+    m = torch.bincount(pred * c + t, minlength=c * c).view(c, c).double()  # [pred, true]
+    tp = m.diagonal()
+    return torch.stack([tp, m.sum(1) - tp, m.sum(0) - tp], 1)

@@ -173,7 +173,9 @@ class Trainer:
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         side = cfg.patch or cfg.size
-        probe = torch.randn(max(cfg.batch_size // ctx.world, 1), 1, side, side, device=dev)
+        # Its own generator: the probe must not move the seeded stream training draws from.
+        probe = torch.randn(max(cfg.batch_size // ctx.world, 1), 1, side, side,
+                            generator=torch.Generator().manual_seed(0)).to(dev)
         use_amp, why = choose_bf16(model, probe.contiguous(memory_format=torch.channels_last) if channels_last else probe,
                                    cfg.amp)
         use_amp = ctx.broadcast_flag(use_amp)  # rank 0's stopwatch decides for all
