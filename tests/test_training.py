@@ -56,6 +56,9 @@ def test_default_recipe_learns_and_writes_a_complete_run(blobs, tmp_path, capsys
     summary = json.loads((run / "summary.json").read_text())
     # epoch 1 pays for decoding once, epoch 2 only indexes memory
     assert summary["epoch2_data_seconds"] < summary["epoch1_data_seconds"]
+    # the precision that ran is on record, and the log says why
+    assert summary["precision"] in ("fp32", "bf16") and ckpt.meta["precision"] == summary["precision"]
+    assert "precision: " in (run / "train.log").read_text()
 
     # evaluate on the held-out test split writes every output, at a comparable score
     rc = main(["evaluate", str(run), str(blobs), "--split", "test", "--quiet"])

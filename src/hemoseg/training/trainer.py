@@ -230,7 +230,9 @@ class Trainer:
         t_start = time.perf_counter() - elapsed0
         bad_epochs = 0
         autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if use_amp else nullcontext
-        meta_base = {"train_config": cfg.to_dict(), "data_summary": data.summary, "hemoseg_version": __version__}
+        precision = "bf16" if use_amp else "fp32"  # what ran, not just what was allowed (cfg.amp)
+        meta_base = {"train_config": cfg.to_dict(), "data_summary": data.summary, "hemoseg_version": __version__,
+                     "precision": precision}
 
         def progress() -> float:
             p = step / total_steps
@@ -333,7 +335,7 @@ class Trainer:
         summary = {"best_val_dice": best, "epochs_run": epoch, "best_epoch": max(history, key=lambda h: h["val_dice"])["epoch"] if history else None,
                    "train_seconds": round(time.perf_counter() - t_start, 1), "data_summary": data.summary,
                    "parameters": count_parameters(model), "train_config": cfg.to_dict(), "world_size": ctx.world,
-                   "device": str(dev)}
+                   "device": str(dev), "precision": precision}
         if offsets is not None:
             summary["logit_offsets"] = offsets.values
             summary["val_dice_calibrated"] = offsets.dice_after
