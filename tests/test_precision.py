@@ -41,3 +41,10 @@ def test_no_probe_when_bf16_is_off_or_emulated(monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
     use, why = precision.choose_bf16(_tiny(), x, allowed=True)
     assert not use and "no native bf16" in why
+
+
+def test_gpus_before_ampere_train_in_fp32(monkeypatch):
+    monkeypatch.setattr(torch.version, "hip", None)
+    for major, want in ((7, False), (8, True), (9, True)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None, m=major: (m, 0))
+        assert precision.native_bf16(torch.device("cuda")) is want

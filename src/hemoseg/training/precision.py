@@ -26,8 +26,10 @@ def cpu_has_bf16() -> bool:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Where bf16 autocast can pay: CUDA, or a CPU with bf16 units."""
-    return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
+    """Where bf16 autocast can pay: a GPU from Ampere on, or a CPU with bf16 units."""
+    if device.type == "cuda":  # older cards emulate bf16, and cuDNN has no bf16 convolutions for them
+        return torch.version.hip is not None or torch.cuda.get_device_capability(device)[0] >= 8
+    return device.type == "cpu" and cpu_has_bf16()
 
 
 def step_seconds(model: torch.nn.Module, x: torch.Tensor, rounds: int = 3) -> tuple[float, float]:
@@ -56,7 +58,7 @@ def choose_bf16(model: torch.nn.Module, x: torch.Tensor, allowed: bool) -> tuple
     if not allowed:
         return False, "fp32 (--fp32)"
     if not native_bf16(x.device):
-        return False, "fp32 (no native bf16 on this CPU)"
+        return False, f"fp32 (no native bf16 on this {'GPU' if x.device.type == 'cuda' else 'CPU'})"
     if x.device.type != "cpu":
         return True, "bf16 autocast"
     fp32, bf16 = step_seconds(model, x)

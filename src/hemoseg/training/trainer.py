@@ -34,7 +34,7 @@ from hemoseg.training.curves import plot_curves
 from hemoseg.training.data_setup import prepare_training_data
 from hemoseg.training.distributed import DistContext, convert_sync_batchnorm, init_from_env, shutdown
 from hemoseg.training.losses import SegmentationLoss, init_head_prior, inverse_frequency_weights, pool_to
-from hemoseg.training.precision import choose_bf16
+from hemoseg.training.precision import choose_bf16, native_bf16
 from hemoseg.training.sampling import EpochSampler
 from hemoseg.training.transfer import load_init
 
@@ -166,7 +166,7 @@ class Trainer:
                  f"{count_parameters(model) / 1e6:.2f} M parameters | device {dev} x{ctx.world}")
 
         # NHWC suits oneDNN's CPU convolutions in fp32 too (+35% training on 2 cores, docs/recipe.md).
-        channels_last = cfg.amp or dev.type == "cpu"
+        channels_last = dev.type == "cpu" or (cfg.amp and native_bf16(dev))
         if dev.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest conv kernels once
         model.to(dev)
