@@ -172,14 +172,17 @@ class Trainer:
         model.to(dev)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        side = cfg.patch or cfg.size
-        # Its own generator: the probe must not move the seeded stream training draws from.
-        probe = torch.randn(max(cfg.batch_size // ctx.world, 1), 1, side, side,
-                            generator=torch.Generator().manual_seed(0)).to(dev)
-        use_amp, why = choose_bf16(model, probe.contiguous(memory_format=torch.channels_last) if channels_last else probe,
-                                   cfg.amp)
-        use_amp = ctx.broadcast_flag(use_amp)  # rank 0's stopwatch decides for all
-        self.log(f"precision: {why}")
+        use_amp = False
+        if ctx.is_main:  # rank 0's stopwatch decides for all; the other ranks only wait for it
+            side = cfg.patch or cfg.size
+            # Its own generator: the probe must not move the seeded stream training draws from.
+            probe = torch.randn(max(cfg.batch_size // ctx.world, 1), 1, side, side,
+                                generator=torch.Generator().manual_seed(0)).to(dev)
+            if channels_last:
+                probe = probe.contiguous(memory_format=torch.channels_last)
+            use_amp, why = choose_bf16(model, probe, cfg.amp)
+            self.log(f"precision: {why}")
+        use_amp = ctx.broadcast_flag(use_amp)
         if ctx.enabled:
             model = convert_sync_batchnorm(model, dev)
         weights = None
