@@ -83,6 +83,18 @@ def test_patch_training_predicts_whole_images(blobs, tmp_path, one_thread):
     assert max(float(r["val_dice"]) for r in rows) > 0.6  # validated on whole 64x64 images
 
 
+def test_coarse_to_fine_switches_to_full_resolution_on_schedule(blobs, tmp_path, one_thread):
+    run = tmp_path / "coarse"
+    assert main(["train", str(blobs), "--out", str(run), "--size", "64", "--width", "8", "--epochs", "8",
+                 "--batch-size", "8", "--coarse", "0.5", "--seed", "0", "--quiet"]) == 0
+    log = (run / "train.log").read_text()
+    assert "coarse-to-fine: full resolution from epoch 5," in log, log  # half of 8 epochs' steps
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    assert max(float(r["val_dice"]) for r in rows[4:]) > 0.8  # validated at full resolution throughout
+    assert load_checkpoint(run).meta["train_config"]["coarse"] == 0.5
+    assert PRESETS["paper"].coarse == 0  # the study trained at one resolution
+
+
 def test_paper_preset_is_the_study_recipe():
     p = PRESETS["paper"]
     assert (p.mode, p.size, p.width, p.epochs, p.optimizer, p.lr, p.loss, p.schedule, p.augmentation) == (
@@ -172,11 +184,16 @@ def test_size_must_fit_the_network_depth(synth, tmp_path, capsys):
     assert "must be a multiple of 32 for depth 5 and stem 2" in last_line(capsys)  # the default preset
     assert main(["train", str(synth), "--out", str(tmp_path / "run1"), "--size", "40", "--stem", "1", "--quiet"]) == 2
     assert "must be a multiple of 16 for depth 5" in last_line(capsys)
+    # the coarse phase halves the input, so the input must survive one more halving
+    assert main(["train", str(synth), "--out", str(tmp_path / "run2"), "--size", "32", "--coarse", "0.3",
+                 "--quiet"]) == 2
+    assert "must be a multiple of 64 for depth 5 and stem 2 with --coarse" in last_line(capsys)
 
 
 @pytest.mark.parametrize("flag, value, words", [("--epochs", "0", "must be positive"),
                                                 ("--workers", "-1", "must be zero or more"),
-                                                ("--lr", "abc", "not a number")])
+                                                ("--lr", "abc", "not a number"),
+                                                ("--coarse", "1", "must be at least 0 and below 1")])
 def test_impossible_numbers_are_refused_before_any_work(synth, tmp_path, capsys, flag, value, words):
     run = tmp_path / "run"
     with pytest.raises(SystemExit) as exc:

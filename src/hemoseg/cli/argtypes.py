@@ -24,3 +24,7 @@ def positive(kind):
 
 def non_negative(kind):
     return _bounded(kind, lambda v: v >= 0, "zero or more")
+
+
+# A share of something that must keep a remainder (a share of 1 would leave nothing after it).
+unit_interval = _bounded(float, lambda v: 0 <= v < 1, "at least 0 and below 1")

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hemoseg.cli.argtypes import non_negative, positive
+from hemoseg.cli.argtypes import non_negative, positive, unit_interval
 from hemoseg.errors import HemosegError
 from hemoseg.models.config import SIZES
 
@@ -53,6 +53,9 @@ def register(sub) -> None:
     p.add_argument("--augmentation", choices=sorted(POLICIES),
                    help="training augmentation: the preset's by default; 'flip' (left-right only) suits short "
                         "budgets (docs/recipe.md, exp. 26)")
+    p.add_argument("--coarse", type=unit_interval, metavar="SHARE",
+                   help="train the first SHARE of the schedule on 2x-pooled images (about 3x the steps per "
+                        "second), then at full resolution (docs/recipe.md, exp. 31; 0: off)")
     p.add_argument("--max-minutes", type=positive(float), help="wall-clock budget; the LR schedule anneals to fit it")
     p.add_argument("--deep-supervision", type=non_negative(int), metavar="N",
                    help="train extra heads on the N decoder levels below the output (0: off)")
@@ -94,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         steps_per_epoch=args.steps_per_epoch, lr=args.lr, size=args.size, patch=args.patch, max_minutes=args.max_minutes,
         patience=args.patience, seed=args.seed, workers=args.workers, compile=args.compile, amp=args.amp,
         augmentation=args.augmentation, class_weighting=args.class_weighting, calibrate=args.calibrate, stem=args.stem,
-        deep_supervision=args.deep_supervision, init=str(args.init) if args.init and not args.resume else None)
+        deep_supervision=args.deep_supervision, coarse=args.coarse,
+        init=str(args.init) if args.init and not args.resume else None)
     summary = Trainer(dataset, out, cfg, resume=bool(args.resume), force=args.force, device=args.device,
                       quiet=args.quiet).run()
     if int(os.environ.get("RANK", "0")) == 0:

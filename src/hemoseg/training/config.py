@@ -24,6 +24,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     schedule: str = "cosine"            # constant | cosine
     warmup: float = 0.05                # fraction of training spent warming up
+    coarse: float = 0.0                 # share of the schedule trained on 2x-pooled inputs first (docs/recipe.md, exp. 31)
     loss: str = "ce_dice"               # bce_dice | ce_dice
     class_weighting: bool = True        # multiclass: inverse-sqrt pixel frequency in CE (docs/recipe.md, exp. 17)
     foreground_fraction: float = 0.5    # share of samples drawn from images with lesions (None-like: 0 = plain shuffle)
