@@ -91,6 +91,7 @@ def test_coarse_to_fine_switches_to_full_resolution_on_schedule(blobs, tmp_path,
     assert "coarse-to-fine: full resolution from epoch 5," in log, log  # half of 8 epochs' steps
     rows = list(csv.DictReader(open(run / "history.csv")))
     assert max(float(r["val_dice"]) for r in rows[4:]) > 0.8  # validated at full resolution throughout
+    assert [float(r["coarse_share"]) for r in rows] == [1.0] * 4 + [0.0] * 4
     assert load_checkpoint(run).meta["train_config"]["coarse"] == 0.5
     assert PRESETS["paper"].coarse == 0  # the study trained at one resolution
 

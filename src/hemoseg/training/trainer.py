@@ -39,7 +39,7 @@ from hemoseg.training.sampling import EpochSampler
 from hemoseg.training.transfer import load_init
 
 HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_dice", "val_loss", "val_dice", "epoch_seconds",
-                  "data_seconds", "images_per_second"]
+                  "data_seconds", "images_per_second", "coarse_share"]
 
 
 def lr_factor(progress: float, cfg: TrainConfig) -> float:
@@ -255,7 +255,7 @@ class Trainer:
             t0 = time.perf_counter()
             # Epoch 1 pays for decoding + rasterising once (the cache build); later epochs do not.
             data_time = data.summary["cache_seconds"] if epoch == 1 else 0.0
-            loss_sum, n_seen = torch.zeros((), device=dev), 0
+            loss_sum, n_seen, n_steps, n_coarse = torch.zeros((), device=dev), 0, 0, 0
             counts = torch.zeros(len(self.metric_names), 3, dtype=torch.long, device=dev)
             bar = tqdm(total=len(sampler), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
                        disable=self.quiet, dynamic_ncols=True)
@@ -273,6 +273,7 @@ class Trainer:
                     # Coarse-to-fine: the same network on 2x-pooled images, ~3x the steps per second;
                     # the labels stay full size and are pooled to the logits' grid as fractions.
                     x = torch.nn.functional.avg_pool2d(x, 2)
+                    n_coarse += 1
                 elif coarse_phase:
                     coarse_phase = False
                     self.log(f"coarse-to-fine: full resolution from epoch {epoch}, step {step}")
@@ -290,6 +291,7 @@ class Trainer:
                 total.backward()
                 opt.step()
                 step += 1
+                n_steps += 1
                 loss_sum += loss.detach() * len(x)
                 n_seen += len(x)
                 with torch.no_grad():
@@ -311,7 +313,8 @@ class Trainer:
             row = {"epoch": epoch, "lr": lr, "train_loss": (tr[0] / tr[1]).item(), "train_dice": train_dice,
                    "val_loss": val_loss, "val_dice": val_metrics["dice_pooled_mean"] or 0.0,
                    "epoch_seconds": round(epoch_s, 3), "data_seconds": round(data_time, 3),
-                   "images_per_second": round(n_seen * ctx.world / epoch_s, 2)}
+                   "images_per_second": round(n_seen * ctx.world / epoch_s, 2),
+                   "coarse_share": round(n_coarse / max(n_steps, 1), 3)}
             history.append(row)
             improved = row["val_dice"] > best
             if improved or coarse_phase:  # patience counts from full resolution on
