@@ -48,7 +48,8 @@ def main() -> None:
     # the label fractions, docs/recipe.md exp. 18), with a wall-clock budget the LR schedule
     # anneals to. Otherwise the default recipe (class-weighted CE, calibrated offsets, batch 16:
     # better than 8 in all three paired runs, docs/recipe.md exp. 24), except that seven minutes
-    # leave the network underfitting, where only the left-right flip pays (exp. 26).
+    # leave the network underfitting, where only the left-right flip pays (exp. 26). The recipe's
+    # coarse-to-fine start (40% of the budget on 2x-pooled images, ~3x the steps) matters most here (exp. 31).
     times["train"] = sh("train", str(data / "coco"), "--out", str(run), "--force", "--size", str(a.size),
                         "--stem", str(a.stem), "--batch-size", "16", "--augmentation", "flip", "--epochs", "1000",
                         "--max-minutes", str(a.minutes))

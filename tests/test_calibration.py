@@ -102,7 +102,7 @@ def test_training_folds_the_offsets_into_the_best_checkpoint(tmp_path, one_threa
 def test_lesion_free_validation_skips_calibration_and_keeps_json_strict(tmp_path):
     data = make_blob_export(tmp_path / "blobs", n={"train": 10, "valid": 1, "test": 1})  # valid0 is a negative
     run = tmp_path / "run"
-    assert main(["train", str(data), "--out", str(run), "--size", "32", "--width", "4", "--epochs", "1",
+    assert main(["train", str(data), "--out", str(run), "--size", "32", "--coarse", "0", "--width", "4", "--epochs", "1",
                  "--batch-size", "4", "--quiet"]) == 0
     assert "logit_offsets" not in load_checkpoint(run).meta
     summary = json.loads((run / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(c))

@@ -291,9 +291,10 @@ def test_a_saved_config_keeps_the_behaviour_of_the_run_that_saved_it():
     from hemoseg.training.config import TrainConfig
 
     today = TrainConfig()
-    assert today.stem == 2 and today.calibrate and today.deep_supervision  # otherwise this proves nothing
-    old = {k: v for k, v in today.to_dict().items() if k not in ("stem", "calibrate", "deep_supervision")}
+    assert today.stem == 2 and today.calibrate and today.deep_supervision and today.coarse  # else this proves nothing
+    old = {k: v for k, v in today.to_dict().items() if k not in ("stem", "calibrate", "deep_supervision", "coarse")}
     restored = TrainConfig.from_dict({**old, "lr": 5e-4, "removed_long_ago": 1})
     assert restored.stem == 1 and restored.calibrate is False and restored.deep_supervision == 0
+    assert restored.coarse == 0.0
     assert restored.lr == 5e-4
     assert TrainConfig.from_dict(today.to_dict()) == today

@@ -77,7 +77,7 @@ def test_default_recipe_learns_and_writes_a_complete_run(blobs, tmp_path, capsys
 
 def test_patch_training_predicts_whole_images(blobs, tmp_path, one_thread):
     run = tmp_path / "patch"
-    assert main(["train", str(blobs), "--out", str(run), "--size", "64", "--patch", "32", "--width", "8",
+    assert main(["train", str(blobs), "--out", str(run), "--size", "64", "--patch", "32", "--coarse", "0", "--width", "8",
                  "--epochs", "8", "--batch-size", "8", "--quiet"]) == 0
     rows = list(csv.DictReader(open(run / "history.csv")))
     assert max(float(r["val_dice"]) for r in rows) > 0.6  # validated on whole 64x64 images
@@ -93,7 +93,7 @@ def test_coarse_to_fine_switches_to_full_resolution_on_schedule(blobs, tmp_path,
     assert max(float(r["val_dice"]) for r in rows[4:]) > 0.8  # validated at full resolution throughout
     assert [float(r["coarse_share"]) for r in rows] == [1.0] * 4 + [0.0] * 4
     assert load_checkpoint(run).meta["train_config"]["coarse"] == 0.5
-    assert PRESETS["paper"].coarse == 0  # the study trained at one resolution
+    assert PRESETS["paper"].coarse == 0 < PRESETS["default"].coarse  # the study trained at one resolution
 
 
 def test_paper_preset_is_the_study_recipe():
@@ -125,7 +125,7 @@ def test_binary_paper_preset_trains(synth, tmp_path, one_thread):
 
 def test_no_attention_flag(synth, tmp_path, one_thread):
     run = tmp_path / "plain"
-    assert main(["train", str(synth), "--out", str(run), "--no-attention", "--size", "32", "--width", "4",
+    assert main(["train", str(synth), "--out", str(run), "--no-attention", "--size", "32", "--coarse", "0", "--width", "4",
                  "--epochs", "1", "--quiet"]) == 0
     assert load_checkpoint(run).model_config.attention is False
 
@@ -152,7 +152,7 @@ def test_bad_items_are_skipped_and_counted(synth, tmp_path, one_thread):
     (data / "train" / doc["images"][0]["file_name"]).unlink()
     (data / "train" / doc["images"][1]["file_name"]).write_bytes(b"\xff\xd8 truncated")
     run = tmp_path / "run"
-    assert main(["train", str(data), "--out", str(run), "--size", "32", "--width", "4", "--epochs", "1",
+    assert main(["train", str(data), "--out", str(run), "--size", "32", "--coarse", "0", "--width", "4", "--epochs", "1",
                  "--quiet"]) == 0
     log = (run / "train.log").read_text()
     assert "train: 46 images (2 items skipped: 1 x image file missing, 1 x corrupt image file)" in log
@@ -181,14 +181,14 @@ def test_class_in_valid_missing_from_train(synth, tmp_path, capsys):
 
 
 def test_size_must_fit_the_network_depth(synth, tmp_path, capsys):
-    assert main(["train", str(synth), "--out", str(tmp_path / "run"), "--size", "50", "--quiet"]) == 2
-    assert "must be a multiple of 32 for depth 5 and stem 2" in last_line(capsys)  # the default preset
-    assert main(["train", str(synth), "--out", str(tmp_path / "run1"), "--size", "40", "--stem", "1", "--quiet"]) == 2
+    assert main(["train", str(synth), "--out", str(tmp_path / "run"), "--size", "50", "--coarse", "0",
+                 "--quiet"]) == 2
+    assert "must be a multiple of 32 for depth 5 and stem 2" in last_line(capsys)
+    assert main(["train", str(synth), "--out", str(tmp_path / "run1"), "--size", "40", "--stem", "1", "--coarse", "0", "--quiet"]) == 2
     assert "must be a multiple of 16 for depth 5" in last_line(capsys)
     # the coarse phase halves the input, so the input must survive one more halving
-    assert main(["train", str(synth), "--out", str(tmp_path / "run2"), "--size", "32", "--coarse", "0.3",
-                 "--quiet"]) == 2
-    assert "must be a multiple of 64 for depth 5 and stem 2 with --coarse" in last_line(capsys)
+    assert main(["train", str(synth), "--out", str(tmp_path / "run2"), "--size", "32", "--quiet"]) == 2
+    assert "must be a multiple of 64 for depth 5 and stem 2 with --coarse 0.4 (--coarse 0" in last_line(capsys)
 
 
 @pytest.mark.parametrize("flag, value, words", [("--epochs", "0", "must be positive"),
@@ -206,7 +206,7 @@ def test_impossible_numbers_are_refused_before_any_work(synth, tmp_path, capsys,
 
 def test_class_weighting_is_the_default_and_the_flag_turns_it_off(blobs, tmp_path, one_thread):
     run = tmp_path / "run"
-    assert main(["train", str(blobs), "--out", str(run), "--size", "32", "--width", "4", "--epochs", "1",
+    assert main(["train", str(blobs), "--out", str(run), "--size", "32", "--coarse", "0", "--width", "4", "--epochs", "1",
                  "--batch-size", "8", "--no-class-weighting", "--quiet"]) == 0
     assert load_checkpoint(run).meta["train_config"]["class_weighting"] is False
     assert PRESETS["default"].class_weighting is True and PRESETS["paper"].class_weighting is False
@@ -218,7 +218,7 @@ def test_augmentation_flag_picks_a_policy_and_flip_only_flips(blobs, tmp_path, o
     from hemoseg.data.augment import build_augmentation
 
     run = tmp_path / "flip"
-    assert main(["train", str(blobs), "--out", str(run), "--size", "32", "--width", "4", "--epochs", "1",
+    assert main(["train", str(blobs), "--out", str(run), "--size", "32", "--coarse", "0", "--width", "4", "--epochs", "1",
                  "--batch-size", "8", "--augmentation", "flip", "--quiet"]) == 0
     assert load_checkpoint(run).meta["train_config"]["augmentation"] == "flip"
     assert PRESETS["default"].augmentation == "default"  # the flag changes a run, not the preset

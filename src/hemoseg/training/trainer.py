@@ -156,7 +156,8 @@ class Trainer:
             if side and side % stride:
                 raise HemosegError(f"--{name} {side} must be a multiple of {stride} for depth {cfg.depth}"
                                    + (f" and stem {cfg.stem}" if cfg.stem > 1 else "")
-                                   + (" with --coarse" if cfg.coarse > 0 else ""))
+                                   + (f" with --coarse {cfg.coarse:g} (--coarse 0 trains at one resolution)"
+                                      if cfg.coarse > 0 else ""))
         if cfg.patch and cfg.patch > cfg.size:
             raise HemosegError(f"--patch {cfg.patch} is larger than --size {cfg.size}")
         init_head_prior(model.head, cfg.mode)
