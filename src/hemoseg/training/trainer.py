@@ -270,7 +270,10 @@ class Trainer:
                 lr = cfg.lr * lr_factor(p, cfg)
                 for g in opt.param_groups:
                     g["lr"] = lr
-                if p < cfg.coarse:
+                coarse_now = p < cfg.coarse
+                if budget and cfg.coarse:  # a time-based switch must happen on the same step on every rank
+                    coarse_now = ctx.broadcast_flag(coarse_now)
+                if coarse_now:
                     # Coarse-to-fine: the same network on 2x-pooled images, ~3x the steps per second;
                     # the labels stay full size and are pooled to the logits' grid as fractions.
                     x = torch.nn.functional.avg_pool2d(x, 2)
