@@ -55,7 +55,7 @@ def register(sub) -> None:
                         "budgets (docs/recipe.md, exp. 26)")
     p.add_argument("--coarse", type=unit_interval, metavar="SHARE",
                    help="train the first SHARE of the schedule on 2x-pooled images (about 3x the steps per "
-                        "second), then at full resolution (docs/recipe.md, exp. 31; 0: off)")
+                        "second), then at full resolution (default preset 0.4, paper 0; docs/recipe.md, exp. 31)")
     p.add_argument("--max-minutes", type=positive(float), help="wall-clock budget; the LR schedule anneals to fit it")
     p.add_argument("--deep-supervision", type=non_negative(int), metavar="N",
                    help="train extra heads on the N decoder levels below the output (0: off)")
