@@ -256,7 +256,7 @@ class Trainer:
             t0 = time.perf_counter()
             # Epoch 1 pays for decoding + rasterising once (the cache build); later epochs do not.
             data_time = data.summary["cache_seconds"] if epoch == 1 else 0.0
-            loss_sum, n_seen, n_steps, n_coarse = torch.zeros((), device=dev), 0, 0, 0
+            loss_sum, n_seen, n_coarse = torch.zeros((), device=dev), 0, 0
             counts = torch.zeros(len(self.metric_names), 3, dtype=torch.long, device=dev)
             bar = tqdm(total=len(sampler), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
                        disable=self.quiet, dynamic_ncols=True)
@@ -277,7 +277,7 @@ class Trainer:
                     # Coarse-to-fine: the same network on 2x-pooled images, ~3x the steps per second;
                     # the labels stay full size and are pooled to the logits' grid as fractions.
                     x = torch.nn.functional.avg_pool2d(x, 2)
-                    n_coarse += 1
+                    n_coarse += len(x)
                 elif coarse_phase:
                     coarse_phase = False
                     self.log(f"coarse-to-fine: full resolution from epoch {epoch}, step {step}")
@@ -295,7 +295,6 @@ class Trainer:
                 total.backward()
                 opt.step()
                 step += 1
-                n_steps += 1
                 loss_sum += loss.detach() * len(x)
                 n_seen += len(x)
                 with torch.no_grad():
@@ -318,7 +317,7 @@ class Trainer:
                    "val_loss": val_loss, "val_dice": val_metrics["dice_pooled_mean"] or 0.0,
                    "epoch_seconds": round(epoch_s, 3), "data_seconds": round(data_time, 3),
                    "images_per_second": round(n_seen * ctx.world / epoch_s, 2),
-                   "coarse_share": round(n_coarse / max(n_steps, 1), 3)}
+                   "coarse_share": round(n_coarse / max(n_seen, 1), 3)}
             history.append(row)
             improved = row["val_dice"] > best
             if improved or coarse_phase:  # patience counts from full resolution on
