@@ -248,7 +248,7 @@ class Trainer:
 
         epoch = start_epoch - 1
         stop = False
-        coarse_phase = progress() < cfg.coarse
+        coarse_phase = ctx.broadcast_flag(progress() < cfg.coarse)  # once over, over for good: progress only grows
         last_plot = -math.inf
         for epoch in range(start_epoch, cfg.epochs + 1):
             sampler.set_epoch(epoch)
@@ -270,8 +270,8 @@ class Trainer:
                 lr = cfg.lr * lr_factor(p, cfg)
                 for g in opt.param_groups:
                     g["lr"] = lr
-                coarse_now = p < cfg.coarse
-                if budget and cfg.coarse:  # a time-based switch must happen on the same step on every rank
+                coarse_now = coarse_phase and p < cfg.coarse
+                if budget and coarse_phase:  # a time-based switch must happen on the same step on every rank
                     coarse_now = ctx.broadcast_flag(coarse_now)
                 if coarse_now:
                     # Coarse-to-fine: the same network on 2x-pooled images, ~3x the steps per second;
