@@ -43,6 +43,22 @@ def test_no_probe_when_bf16_is_off_or_emulated(monkeypatch):
     assert not use and "no native bf16" in why
 
 
+def test_a_resumed_run_keeps_its_precision_without_a_second_stopwatch(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("probe should not run on resume")
+
+    monkeypatch.setattr(precision, "step_seconds", boom)
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    x = torch.randn(2, 1, 32, 32)
+    for previous in ("bf16", "fp32"):
+        use, why = precision.choose_bf16(_tiny(), x, allowed=True, previous=previous)
+        assert use is (previous == "bf16") and "as before the interruption" in why
+    # a device without bf16 units cannot keep it, and --fp32 still wins
+    assert precision.choose_bf16(_tiny(), x, allowed=False, previous="bf16")[0] is False
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    assert precision.choose_bf16(_tiny(), x, allowed=True, previous="bf16")[0] is False
+
+
 def test_gpus_before_ampere_train_in_fp32(monkeypatch):
     monkeypatch.setattr(torch.version, "hip", None)
     for major, want in ((7, False), (8, True), (9, True)):

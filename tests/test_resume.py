@@ -28,6 +28,7 @@ from hemoseg.models.config import ModelConfig
 from hemoseg.training import checkpoint as ckpt_mod
 from hemoseg.training.checkpoint import FORMAT_VERSION, atomic_save_tensors, load_checkpoint, read_header, \
     save_checkpoint
+from hemoseg.training.precision import native_bf16
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -135,8 +136,12 @@ def test_sigkill_mid_epoch_then_resume(dataset, tmp_path, monkeypatch, one_threa
     assert [int(r["epoch"]) for r in hist] == list(range(1, target + 1))  # contiguous, no duplicates
     for old, new in zip(before.meta["history"], hist[:done]):
         assert float(new["train_loss"]) == pytest.approx(old["train_loss"], rel=1e-9)
-    assert f"resuming after epoch {done}" in (run / "train.log").read_text()
+    log = (run / "train.log").read_text()
+    assert f"resuming after epoch {done}" in log
     last = load_checkpoint(run / "last.safetensors")
+    assert last.meta["precision"] == before.meta["precision"]  # no second stopwatch switched it
+    if native_bf16(torch.device("cpu")):
+        assert "(as before the interruption)" in log
     assert last.meta["epoch"] == target and len(last.meta["history"]) == target
     assert last.meta["train_config"]["epochs"] == target
     best = load_checkpoint(run)

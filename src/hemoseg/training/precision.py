@@ -52,13 +52,20 @@ def step_seconds(model: torch.nn.Module, x: torch.Tensor, rounds: int = 3) -> tu
     return statistics.median(times[False]), statistics.median(times[True])
 
 
-def choose_bf16(model: torch.nn.Module, x: torch.Tensor, allowed: bool) -> tuple[bool, str]:
+def choose_bf16(model: torch.nn.Module, x: torch.Tensor, allowed: bool,
+                previous: str | None = None) -> tuple[bool, str]:
     """(use bf16 autocast?, a line saying why) for training `model` on batches like `x`.
-    bf16 must win by 10%: near a tie, fp32's exact arithmetic is worth more."""
+    bf16 must win by 10%: near a tie, fp32's exact arithmetic is worth more.
+
+    `previous` is the precision a resumed run trained in. It is kept where this
+    device has it: a second stopwatch near a tie could switch a run's arithmetic
+    halfway through."""
     if not allowed:
         return False, "fp32 (--fp32)"
     if not native_bf16(x.device):
         return False, f"fp32 (no native bf16 on this {'GPU' if x.device.type == 'cuda' else 'CPU'})"
+    if previous in ("bf16", "fp32"):
+        return previous == "bf16", f"{'bf16 autocast' if previous == 'bf16' else 'fp32'} (as before the interruption)"
     if x.device.type != "cpu":
         return True, "bf16 autocast"
     fp32, bf16 = step_seconds(model, x)

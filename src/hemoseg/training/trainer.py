@@ -183,7 +183,8 @@ class Trainer:
                                 generator=torch.Generator().manual_seed(0)).to(dev)
             if channels_last:
                 probe = probe.contiguous(memory_format=torch.channels_last)
-            use_amp, why = choose_bf16(model, probe, cfg.amp)
+            previous = self.resume_from[0].meta.get("precision") if self.resume_from else None
+            use_amp, why = choose_bf16(model, probe, cfg.amp, previous)
             self.log(f"precision: {why}")
         use_amp = ctx.broadcast_flag(use_amp)
         if ctx.enabled:
