@@ -33,7 +33,7 @@ def blobs(n=6, s=64, seed=0, mode="multiclass"):
     images += (40 * targets).astype(np.uint8)
     if mode == "multilabel":
         targets = np.stack([(targets == k) for k in (1, 2, 3)], 1).astype(np.uint8)
-    return CachedSplit("t", images, targets, [f"{i}.png" for i in range(n)], mode)
+    return CachedSplit("t", images[..., None], targets, [f"{i}.png" for i in range(n)], mode)
 
 
 def keys(n, seed0=100):
@@ -45,7 +45,7 @@ def test_no_policy_is_exact_normalisation():
     x, y = DeviceAugment(cache, PREP, None, None, "cpu")(keys(6))
     idx = [k for k, _ in keys(6)]
     assert torch.equal(y, torch.from_numpy(cache.targets[idx]).long())
-    ref = torch.from_numpy(PREP.normalize(cache.images[idx])[:, None])
+    ref = torch.from_numpy(PREP.normalize(cache.images[idx]))
     assert torch.allclose(x, ref, atol=1e-6)
 
 
@@ -54,7 +54,7 @@ def test_certain_flip_equals_mirror_image():
     x, y = DeviceAugment(cache, PREP, Policy(hflip=1.0), None, "cpu")(keys(6))
     idx = [k for k, _ in keys(6)]
     assert torch.equal(y, torch.from_numpy(cache.targets[idx][:, :, ::-1].copy()).long())
-    assert torch.allclose(x, torch.from_numpy(PREP.normalize(cache.images[idx][:, :, ::-1])[:, None]), atol=1e-5)
+    assert torch.allclose(x, torch.from_numpy(PREP.normalize(cache.images[idx][:, :, ::-1])), atol=1e-5)
 
 
 @pytest.mark.parametrize("policy", ["default", "paper"])
@@ -63,7 +63,7 @@ def test_warped_image_and_mask_stay_aligned(policy):
     pol = POLICIES[policy]
     pol_geom = Policy(**{**pol.__dict__, "intensity_p": 0.0})  # keep intensities readable
     x, y = DeviceAugment(cache, PREP, pol_geom, None, "cpu")(keys(6, seed0=7))
-    display = (x * PREP.std + PREP.mean) * 255  # back to 0..255
+    display = (x * PREP.std[0] + PREP.mean[0]) * 255  # back to 0..255
     label_from_image = torch.clamp(((display - 20) / 40).round(), 0, 3).long()[:, 0]
     lesion = (label_from_image > 0) | (y > 0)
     agree = (label_from_image[lesion] == y[lesion]).float().mean().item()

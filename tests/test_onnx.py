@@ -78,7 +78,7 @@ def test_predictor_onnx_matches_torch(tmp_path, capsys):
     head = ((yy - 24) / 20.0) ** 2 + ((xx - 20) / 16.0) ** 2 < 1
     hu = np.where(head, 35.0, -1000.0)[None].repeat(5, 0) + rng.normal(0, 8, (5, 48, 40))
     hu[:, 20:28, 14:22] += 40.0  # a "bleed"
-    study = SimpleNamespace(pixels=hu.astype(np.float32), is_hu=True, spacing=None)
+    study = SimpleNamespace(pixels=hu.astype(np.float32), is_hu=True, spacing=None, colour=None)
 
     p_onnx = Predictor.from_run(run, "onnx")
     p_torch = Predictor.from_run(run, "torch", device="cpu")

@@ -116,7 +116,7 @@ def test_stem_training_end_to_end_predicts_full_resolution(tmp_path, one_thread)
     assert max(float(r["val_dice"]) for r in rows) > 0.75  # scored on the 64 px labels
     ckpt = load_checkpoint(run)
     assert ckpt.model_config.stem == 2
-    img = np.full((64, 64), 100, np.uint8)
+    img = np.full((64, 64, 1), 100, np.uint8)
     probs = Predictor.from_run(run, backend="torch").probabilities(ckpt.preprocessing.resize_image(img)[None])
     assert probs.shape[-2:] == (32, 32)
     assert main(["train", str(blobs), "--out", str(tmp_path / "bad"), "--size", "80", "--stem", "2", "--quiet"]) != 0

@@ -52,7 +52,7 @@ def test_default_recipe_learns_and_writes_a_complete_run(blobs, tmp_path, capsys
         assert (run / name).is_file(), name
     ckpt = load_checkpoint(run)
     assert ckpt.classes.names == ("bleed",) and ckpt.mode == "multiclass" and ckpt.preprocessing.size == 64
-    assert 0 < ckpt.preprocessing.std < 1 and ckpt.meta["best_val_dice"] == pytest.approx(best)
+    assert 0 < ckpt.preprocessing.std[0] < 1 and ckpt.meta["best_val_dice"] == pytest.approx(best)
     summary = json.loads((run / "summary.json").read_text())
     # epoch 1 pays for decoding once, epoch 2 only indexes memory
     assert summary["epoch2_data_seconds"] < summary["epoch1_data_seconds"]

@@ -117,26 +117,26 @@ def _check_graph(path: Path) -> None:
 
 
 def parity_inputs(ckpt, n: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Normalised (B,1,S,S) batches: Gaussian noise (stresses every activation),
-    CT-like phantoms (skull ring, brain, a bright bleed: the intended input
-    range), and up to n real images from the run's dataset if it is still there."""
+    """Normalised (B,C,S,S) batches: Gaussian noise (stresses every activation),
+    CT-like phantoms in HU under the model's windows (skull ring, brain, a bright
+    bleed: the intended input range), and up to n real images from the run's
+    dataset if it is still there."""
     prep, size = ckpt.preprocessing, ckpt.preprocessing.size
     rng = np.random.default_rng(seed)
-    inputs = {"random": rng.standard_normal((n, 1, size, size)).astype(np.float32)}
+    inputs = {"random": rng.standard_normal((n, prep.channels, size, size)).astype(np.float32)}
     yy, xx = np.mgrid[:size, :size] / size - 0.5
     phantoms = []
     for _ in range(n):
         a, b = rng.uniform(0.30, 0.42, 2)
         r = (xx / a) ** 2 + (yy / b) ** 2
-        img = np.where(r < 1, 90.0, 0.0) + np.where((r > 0.82) & (r < 1), 150.0, 0.0)
+        hu = np.where(r < 1, 30.0, -1000.0) + np.where((r > 0.82) & (r < 1), 1000.0, 0.0)
         cx, cy, rad = rng.uniform(-0.15, 0.15), rng.uniform(-0.15, 0.15), rng.uniform(0.03, 0.1)
-        img += np.where((xx - cx) ** 2 + (yy - cy) ** 2 < rad ** 2, 60.0, 0.0)
-        img += rng.normal(0, 6, img.shape)
-        phantoms.append(np.clip(np.rint(img), 0, 255).astype(np.uint8))
-    inputs["ct_phantom"] = prep.normalize(np.stack(phantoms))[:, None]
+        hu += np.where((xx - cx) ** 2 + (yy - cy) ** 2 < rad ** 2, 40.0, 0.0)
+        phantoms.append(hu + rng.normal(0, 4, hu.shape))
+    inputs["ct_phantom"] = prep.normalize(prep.window_hu(np.stack(phantoms)))
     real = _real_images(ckpt, n, "valid")
     if real is not None:
-        inputs["dataset"] = prep.normalize(real)[:, None]
+        inputs["dataset"] = prep.normalize(real)
     return inputs
 
 
@@ -145,14 +145,14 @@ def calibration_inputs(ckpt, n: int = 32) -> np.ndarray:
     parity check uses), else from CT-like phantoms drawn with another seed."""
     real = _real_images(ckpt, n, "train")
     if real is not None:
-        return ckpt.preprocessing.normalize(real)[:, None]
+        return ckpt.preprocessing.normalize(real)
     return parity_inputs(ckpt, n, seed=1)["ct_phantom"]
 
 
 def _real_images(ckpt, n: int, prefer: str) -> np.ndarray | None:
     """Best effort: the dataset may have moved since training; parity does not depend on it."""
     from hemoseg.data.coco import load_dataset
-    from hemoseg.data.images import load_gray_uint8
+    from hemoseg.data.images import load_display
 
     path = (ckpt.meta.get("data_summary") or {}).get("dataset")
     if not path or not os.path.exists(path):
@@ -160,7 +160,10 @@ def _real_images(ckpt, n: int, prefer: str) -> np.ndarray | None:
     try:
         ds = load_dataset(path, check_files=False)
         split = ds.splits.get(prefer) or ds.splits.get("train") or next(iter(ds.splits.values()))
-        imgs = [ckpt.preprocessing.resize_image(load_gray_uint8(r.path)) for r in split.images[:n]]
+        prep = ckpt.preprocessing
+        if split.windows != prep.windows:
+            return None
+        imgs = [prep.resize_image(load_display(r.path, prep.channels)) for r in split.images[:n]]
     except (HemosegError, OSError, ValueError, StopIteration):
         return None
     return np.stack(imgs) if imgs else None

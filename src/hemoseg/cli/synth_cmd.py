@@ -24,6 +24,10 @@ def register(sub):
     p.add_argument("--test", type=int, default=50, metavar="N", help="test slices (default 50)")
     p.add_argument("--size", type=int, default=256, metavar="S",
                    help="COCO image side in pixels (default 256)")
+    p.add_argument("--windows", default="brain", metavar="W[,W,W]",
+                   help="CT window(s) of the COCO images: 'brain' (default, grayscale like a Roboflow "
+                        "export) or three, one per colour channel, e.g. 'brain,subdural,bone' "
+                        "(names or L<level>/W<width>)")
     p.add_argument("--studies", type=int, default=3, metavar="N", help="DICOM studies (default 3)")
     p.add_argument("--slices", type=int, default=32, metavar="N", help="slices per DICOM study (default 32)")
     p.add_argument("--dicom-size", type=int, default=512, metavar="S",
@@ -34,13 +38,21 @@ def register(sub):
 
 
 def _run(args) -> int:
+    from hemoseg.data.preprocessing import parse_windows
     from hemoseg.data.synth import generate  # heavy imports only when used
+
+    try:
+        windows = parse_windows(args.windows)
+    except ValueError as exc:
+        raise HemosegError(f"--windows: {exc}") from None
+    if len(windows) not in (1, 3):
+        raise HemosegError(f"--windows: give 1 or 3 windows (an image holds gray or RGB), got {len(windows)}")
 
     if args.size > 4096 or args.dicom_size > 4096:
         raise HemosegError("image sizes above 4096 pixels are not supported")
     summary = generate(args.out, seed=args.seed, train=args.train, valid=args.valid, test=args.test,
                        size=args.size, studies=args.studies, slices=args.slices,
-                       dicom_size=args.dicom_size, force=args.force)
+                       dicom_size=args.dicom_size, force=args.force, windows=windows)
     out = summary["out"]
     for split, info in summary["coco"].items():
         classes = ", ".join(f"{_short(name)} {n}" for name, n in info["images_per_class"].items())

@@ -8,6 +8,12 @@ relative to the JSON's folder.
 Reading never trusts the file: every structural problem becomes a `Problem`
 (with the file and the id it concerns) and the offending item is left out, so
 `hemoseg data check` and training report the same diagnosis.
+
+Intensities: a Roboflow export is grayscale under one CT window (assumed to be
+the brain window). A dataset whose images carry three windows as their colour
+channels says so in its `info`: `"hemoseg_windows": [[40, 80], [80, 200],
+[600, 2800]]` (level, width in HU, one per R, G, B), as `hemoseg synth
+--windows` writes.
 """
 
 from __future__ import annotations
@@ -18,11 +24,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hemoseg.data.preprocessing import NAMED_WINDOWS, Window, check_windows
 from hemoseg.errors import HemosegError
 
 ANNOTATION_FILE = "_annotations.coco.json"
 SPLIT_NAMES = ("train", "valid", "test")
 _SPLIT_ALIASES = {"val": "valid", "validation": "valid"}
+WINDOWS_KEY = "hemoseg_windows"  # in the COCO "info" block
 # Coordinates this far outside the image are treated as rounding, not an error.
 _EDGE_TOLERANCE = 1.0
 
@@ -78,6 +86,8 @@ class Split:
     images: list[ImageRecord]
     categories: list[dict]
     problems: list[Problem]
+    windows: tuple[Window, ...] = (NAMED_WINDOWS["brain"],)
+    """The CT window behind each image channel (see the module docstring)."""
 
     @property
     def classes(self) -> ClassList:
@@ -173,6 +183,16 @@ def load_split(json_path: Path, name: str, check_files: bool = True) -> Split:
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         problem("error", "", "not a COCO file: no 'images' list")
         return Split(name, json_path, [], [], problems)
+    info = doc.get("info") if isinstance(doc.get("info"), dict) else {}
+    windows = (NAMED_WINDOWS["brain"],)
+    if WINDOWS_KEY in info:
+        try:
+            windows = check_windows(info[WINDOWS_KEY])
+            if len(windows) not in (1, 3):
+                raise ValueError(f"{len(windows)} windows; an image holds 1 (gray) or 3 (RGB)")
+        except ValueError as exc:
+            problem("error", f"info.{WINDOWS_KEY}", str(exc))
+            return Split(name, json_path, [], [], problems)
 
     categories = [c for c in doc.get("categories") or [] if isinstance(c, dict) and "id" in c]
     for cid, n in Counter(c["id"] for c in categories).items():
@@ -250,7 +270,7 @@ def load_split(json_path: Path, name: str, check_files: bool = True) -> Split:
     kept = [r for r in images.values() if r is not None]
     if not kept:
         problem("error", "", f"split '{name}' has no usable images")
-    return Split(name, json_path, kept, categories, problems)
+    return Split(name, json_path, kept, categories, problems, windows)
 
 
 def _validate_segmentation(seg, record: ImageRecord, problem, item: str):

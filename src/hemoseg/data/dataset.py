@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset as TorchDataset
 
 from hemoseg.data.coco import ClassList, Problem, Split
-from hemoseg.data.images import load_gray_uint8
+from hemoseg.data.images import load_display
 from hemoseg.data.preprocessing import Preprocessing, resize_image, resize_mask
 from hemoseg.data.rasterize import Mode, rasterize
 from hemoseg.errors import HemosegError
@@ -24,7 +24,7 @@ from hemoseg.errors import HemosegError
 
 @dataclass
 class CachedSplit:
-    """uint8 images (N,S,S) and targets: (N,S,S) for binary/multiclass, (N,K,S,S) for multilabel."""
+    """uint8 images (N,S,S,C), one channel per CT window, and targets: (N,S,S) for binary/multiclass, (N,K,S,S) for multilabel."""
 
     name: str
     images: np.ndarray
@@ -41,6 +41,15 @@ class CachedSplit:
         t = self.targets.reshape(len(self.targets), -1)
         return t.max(axis=1) > 0
 
+    def channel_stats(self) -> dict[str, tuple[float, ...]]:
+        """Per-channel mean and std of the pixels scaled to [0, 1] (Preprocessing's fields)."""
+        mean, std = [], []
+        for c in range(self.images.shape[-1]):
+            pix = self.images[..., c].astype(np.float32) / 255.0  # one channel's float copy at a time
+            mean.append(round(float(pix.mean()), 6))
+            std.append(round(float(pix.std()) or 1.0, 6))
+        return {"mean": tuple(mean), "std": tuple(std)}
+
     def class_pixel_counts(self, num_classes: int) -> np.ndarray:
         if self.mode == "multilabel":
             return self.targets.sum(axis=(0, 2, 3), dtype=np.int64)
@@ -54,11 +63,11 @@ def cache_split(split: Split, classes: ClassList, mode: Mode, size: int) -> Cach
     images, targets, names, skipped = [], [], [], list(split.problems)
     for rec in split.images:
         try:
-            img = load_gray_uint8(rec.path)
+            img = load_display(rec.path, len(split.windows))
         except HemosegError as exc:
             skipped.append(Problem("error", str(rec.path), f"image {rec.id}", str(exc).split(": ", 1)[-1]))
             continue
-        if img.shape != (rec.height, rec.width):
+        if img.shape[:2] != (rec.height, rec.width):
             skipped.append(Problem("error", str(rec.path), f"image {rec.id}",
                                    f"decoded size {img.shape[1]}x{img.shape[0]} disagrees with JSON"))
             continue
@@ -83,7 +92,7 @@ def skipped_summary(skipped: list[Problem]) -> str:
 class SegmentationDataset(TorchDataset):
     """Augments cached arrays and standardises intensities.
 
-    Returns image (1,S,S) float32 and target: (S,S) int64 for multiclass,
+    Returns image (C,S,S) float32 and target: (S,S) int64 for multiclass,
     (C,S,S) float32 for binary/multilabel.
     """
 
@@ -106,7 +115,7 @@ class SegmentationDataset(TorchDataset):
             else:
                 out = self.augment(image=img, mask=tgt)
                 img, tgt = out["image"], out["mask"]
-        x = torch.from_numpy(self.prep.normalize(img)[None])
+        x = torch.from_numpy(self.prep.normalize(img))
         if self.cache.mode == "multiclass":
             y = torch.from_numpy(np.ascontiguousarray(tgt).astype(np.int64))
         elif self.cache.mode == "binary":

@@ -32,16 +32,18 @@ class DeviceAugment:
     def __init__(self, cache: CachedSplit, prep: Preprocessing, policy: Policy | None, patch: int | None,
                  device: torch.device | str):
         self.device = torch.device(device)
-        self.images = torch.from_numpy(cache.images).to(self.device)    # (N,S,S) uint8
+        # (N,C,S,S) uint8: channels-first, so a sample's windows warp together in one grid_sample
+        self.images = torch.from_numpy(np.ascontiguousarray(cache.images.transpose(0, 3, 1, 2))).to(self.device)
         self.targets = torch.from_numpy(cache.targets).to(self.device)  # (N,S,S) or (N,K,S,S) uint8
         self.mode, self.prep, self.policy = cache.mode, prep, policy
-        self.size = cache.images.shape[-1]
+        self.size = self.images.shape[-1]
         self.patch = patch if patch and patch < self.size else None
+        self.mean, self.std = (torch.tensor(v, device=self.device).view(1, -1, 1, 1) for v in (prep.mean, prep.std))
 
     def __call__(self, keys: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """keys: (index, seed) pairs -> (x (B,1,P,P) float32, y as SegmentationDataset returns it)."""
+        """keys: (index, seed) pairs -> (x (B,C,P,P) float32, y as SegmentationDataset returns it)."""
         idx = self._upload(torch.tensor([k[0] for k in keys]))
-        img = self.images[idx].unsqueeze(1).float().mul_(1.0 / 255.0)
+        img = self.images[idx].float().mul_(1.0 / 255.0)
         tgt = self.targets[idx]
         tgt = (tgt.unsqueeze(1) if tgt.ndim == 3 else tgt).float()
         if self.policy is not None or self.patch:
@@ -54,7 +56,7 @@ class DeviceAugment:
             tgt = F.grid_sample(tgt, grid, mode="nearest", padding_mode="zeros", align_corners=False)
             if self.policy is not None and self.policy.intensity_p:
                 img = self._intensity(img, u)
-        x = (img - self.prep.mean) / self.prep.std
+        x = (img - self.mean) / self.std
         if self.mode == "multiclass":
             return x, tgt[:, 0].round().long()
         return x, tgt

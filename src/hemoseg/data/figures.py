@@ -265,12 +265,13 @@ def pick_samples(ds: Dataset, classes: ClassList, n: int, rng: np.random.Generat
     return [pool[i] for i in chosen]
 
 
-def _load_with_masks(rec: ImageRecord, classes: ClassList):
-    from hemoseg.data.images import load_gray_uint8
+def _load_with_masks(rec: ImageRecord, classes: ClassList, channels: int):
+    """The image as people read it (a multi-window image's first window) and its masks."""
+    from hemoseg.data.images import load_display
     from hemoseg.errors import HemosegError
 
     try:
-        img = load_gray_uint8(rec.path)
+        img = load_display(rec.path, channels)[..., 0]
     except HemosegError:
         return None
     if img.shape != (rec.height, rec.width):
@@ -285,7 +286,7 @@ def plot_samples(ds: Dataset, classes: ClassList, path: Path, n: int = 12, seed:
     colors = class_colors(len(classes))
     tiles = []
     for split, rec in pick_samples(ds, classes, n, rng):
-        loaded = _load_with_masks(rec, classes)
+        loaded = _load_with_masks(rec, classes, len(ds.splits[split].windows))
         if loaded is not None:
             tiles.append((f"{split}/{rec.file_name}", overlay_masks(loaded[0], loaded[1], colors)))
     cols = max(1, min(cols, len(tiles)))
@@ -323,8 +324,8 @@ def plot_augmentations(ds: Dataset, classes: ClassList, path: Path, seed: int = 
     aug = build_augmentation(policy, seed)
     colors = class_colors(len(classes))
     grid = []
-    for _, rec in pick_samples(ds, classes, rows, rng, only):
-        loaded = _load_with_masks(rec, classes)
+    for split, rec in pick_samples(ds, classes, rows, rng, only):
+        loaded = _load_with_masks(rec, classes, len(ds.splits[split].windows))
         if loaded is None:
             continue
         img, masks = loaded

@@ -1,4 +1,9 @@
-"""Decoding 2-D image files into the 8-bit grayscale the model is trained on."""
+"""Decoding 2-D image files into the 8-bit display values the model is trained on.
+
+A single-window dataset (every Roboflow export) is grayscale, often stored as
+RGB; a multi-window dataset stores one CT window per colour channel
+(preprocessing.py), so there the channels must be kept apart, not mixed.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +36,27 @@ def load_gray_uint8(path: str | Path) -> np.ndarray:
             if im.mode != "L":
                 im = im.convert("L")
             return np.asarray(im, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise HemosegError("image file not found", path) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise HemosegError(f"cannot decode image ({' '.join(str(exc).split())[:120]})", path) from None
+
+
+def load_display(path: str | Path, channels: int) -> np.ndarray:
+    """(H, W, channels) uint8: luminance for one channel, else the image's own
+    colour channels, one CT window each."""
+    if channels == 1:
+        return load_gray_uint8(path)[..., None]
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            im.load()
+            bands = len(im.getbands())
+            if im.mode not in ("RGB", "RGBA") or channels != 3:
+                raise HemosegError(f"is a {bands}-channel {im.mode} image; this dataset or model reads "
+                                   f"{channels} CT windows as the image's colour channels", path)
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except FileNotFoundError:
         raise HemosegError("image file not found", path) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:

@@ -5,38 +5,110 @@ and inference go through the functions here, so a model sees exactly the same
 intensities and geometry at inference as it did in training.
 
 Intensity path. Roboflow exports hold 8-bit brain-window JPEGs, so the model's
-native input space is "display values 0..255 under a CT window". Hounsfield
-input (DICOM, NIfTI) is mapped into that same space with the recorded window
-(default brain window L40/W80) before anything else happens. The 8-bit values
-are then scaled to [0, 1] and standardised with the training set's mean/std.
+native input space is "display values 0..255 under CT windows", one channel
+per window. Hounsfield input (DICOM, NIfTI) is mapped into that same space
+with the recorded windows (default: the brain window L40/W80 alone) before
+anything else happens. The 8-bit values are then scaled to [0, 1] and
+standardised with the training set's per-channel mean/std.
+
+Why more than one window: in the brain window every density above 80 HU is
+white, so an acute subdural or epidural bleed (50-90 HU) lying on the skull
+has no visible outer border. Radiologists read a subdural window (L80/W200)
+for exactly this; a model given the same channels can see it too. The first
+window is the one shown to people (overlays, montages, the viewer).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+Window = tuple[float, float]
+"""(level, width) in Hounsfield units."""
+
+NAMED_WINDOWS: dict[str, Window] = {
+    "brain": (40.0, 80.0),
+    "subdural": (80.0, 200.0),
+    "bone": (600.0, 2800.0),
+}
+
+
+def window_name(w: Window) -> str:
+    for name, known in NAMED_WINDOWS.items():
+        if tuple(w) == known:
+            return name
+    return f"L{w[0]:g}/W{w[1]:g}"
+
+
+def parse_windows(spec: str) -> tuple[Window, ...]:
+    """'brain,subdural,bone' or 'L40/W80,...' (names and L/W pairs mix) -> windows."""
+    out = []
+    for part in (p.strip() for p in spec.split(",")):
+        if part.lower() in NAMED_WINDOWS:
+            out.append(NAMED_WINDOWS[part.lower()])
+            continue
+        try:
+            lvl, wid = part.upper().lstrip("L").split("/W")
+            out.append((float(lvl), float(wid)))
+        except ValueError:
+            raise ValueError(f"unknown window {part!r} (use {', '.join(NAMED_WINDOWS)} or L<level>/W<width>)") from None
+    return check_windows(out)
+
+
+def check_windows(windows) -> tuple[Window, ...]:
+    """Validated tuple of windows; ValueError names what is wrong."""
+    try:
+        out = tuple((float(lv), float(wd)) for lv, wd in windows)
+    except (TypeError, ValueError):
+        raise ValueError(f"windows must be [level, width] pairs, got {windows!r}") from None
+    if not out:
+        raise ValueError("at least one window is needed")
+    for lv, wd in out:
+        if not (math.isfinite(lv) and math.isfinite(wd) and wd > 0):
+            raise ValueError(f"invalid window L{lv:g}/W{wd:g} (width must be positive)")
+    return out
 
 
 @dataclass(frozen=True)
 class Preprocessing:
     size: int = 256
     """Square side length the network sees."""
-    window_center: float = 40.0
-    """CT window (HU) that maps Hounsfield input to the 8-bit training space."""
-    window_width: float = 80.0
-    mean: float = 0.0
-    """Mean and std of training pixels after scaling to [0, 1]."""
-    std: float = 1.0
+    windows: tuple[Window, ...] = (NAMED_WINDOWS["brain"],)
+    """CT windows that map Hounsfield input to the 8-bit training space, one
+    input channel each; the first is the one shown to people."""
+    mean: tuple[float, ...] = (0.0,)
+    """Per-channel mean and std of training pixels after scaling to [0, 1]."""
+    std: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self):
+        set_ = object.__setattr__  # frozen: normalise the field types once, here
+        set_(self, "windows", check_windows(self.windows))
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            v = (float(v),) if np.isscalar(v) else tuple(float(x) for x in v)
+            if len(v) == 1 and self.channels > 1:
+                v = v * self.channels
+            if len(v) != self.channels:
+                raise ValueError(f"{name} has {len(v)} values for {self.channels} windows")
+            set_(self, name, v)
+
+    @property
+    def channels(self) -> int:
+        return len(self.windows)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocessing":
+        d = dict(d)
+        if "window_center" in d or "window_width" in d:  # checkpoints before multi-window input
+            d["windows"] = [(d.pop("window_center", 40.0), d.pop("window_width", 80.0))]
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -48,13 +120,14 @@ class Preprocessing:
 
     # --- intensity -------------------------------------------------------
     def window_hu(self, hu: np.ndarray) -> np.ndarray:
-        """Hounsfield units -> uint8 display values, as a CT viewer would."""
-        return window_to_uint8(hu, self.window_center, self.window_width)
+        """Hounsfield units (...) -> uint8 display values (..., C), as a CT viewer would."""
+        return np.stack([window_to_uint8(hu, lv, wd) for lv, wd in self.windows], axis=-1)
 
     def normalize(self, display: np.ndarray) -> np.ndarray:
-        """uint8 (or float 0..255) display values -> float32 network input."""
-        x = np.asarray(display, dtype=np.float32) * (1.0 / 255.0)
-        return (x - np.float32(self.mean)) / np.float32(self.std)
+        """uint8 (or float 0..255) display values (..., H, W, C) -> float32 network input (..., C, H, W)."""
+        x = np.asarray(display, dtype=np.float32) * np.float32(1.0 / 255.0)
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(np.moveaxis(x, -1, -3))
 
     # --- geometry --------------------------------------------------------
     def resize_image(self, img: np.ndarray) -> np.ndarray:
@@ -71,12 +144,14 @@ def window_to_uint8(hu: np.ndarray, center: float, width: float) -> np.ndarray:
 
 
 def resize_image(img: np.ndarray, size: int) -> np.ndarray:
-    """Area interpolation when shrinking (no aliasing), bilinear when growing."""
+    """(H, W) or channel-last (H, W, C). Area interpolation when shrinking (no
+    aliasing), bilinear when growing."""
     h, w = img.shape[:2]
     if (h, w) == (size, size):
         return img
     interp = cv2.INTER_AREA if (h > size or w > size) else cv2.INTER_LINEAR
-    return cv2.resize(img, (size, size), interpolation=interp)
+    out = cv2.resize(img, (size, size), interpolation=interp)
+    return out.reshape(size, size, *img.shape[2:])  # cv2 drops a single trailing channel
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:

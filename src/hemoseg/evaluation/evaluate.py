@@ -17,11 +17,12 @@ import torch
 from tqdm import tqdm
 
 from hemoseg.data.coco import load_dataset
-from hemoseg.data.images import load_gray_uint8
+from hemoseg.data.images import load_display
 from hemoseg.data.rasterize import rasterize
 from hemoseg.errors import HemosegError
 from hemoseg.evaluation.metrics import confusion, hd95, summarize
 from hemoseg.inference.predictor import Predictor, check_compatible
+from hemoseg.training.data_setup import describe_windows
 from hemoseg.models.heads import labels_from_probabilities
 from hemoseg.training.losses import SegmentationLoss
 
@@ -38,6 +39,9 @@ def evaluate(run: Path, dataset: Path, split: str, out: Path, backend: str = "to
         raise HemosegError(f"no '{split}' split (found: {', '.join(ds.splits)})", dataset)
     sp = ds.splits[split]
     check_compatible(pred, list(sp.classes.names))
+    if sp.windows != pred.preprocessing.windows:
+        raise HemosegError(f"the model reads windows {describe_windows(pred.preprocessing.windows)}, but this "
+                           f"split's images carry {describe_windows(sp.windows)}", sp.json_path)
     classes = sp.classes
     k, mode, prep = len(classes), pred.mode, pred.preprocessing
     loss_fn = SegmentationLoss(mode, k)
@@ -45,7 +49,7 @@ def evaluate(run: Path, dataset: Path, split: str, out: Path, backend: str = "to
     skipped = [str(p) for p in sp.problems if p.severity == "error"]
     for rec in tqdm(sp.images, desc=f"evaluate {split}", disable=quiet, leave=False):
         try:
-            img = load_gray_uint8(rec.path)
+            img = load_display(rec.path, prep.channels)
         except HemosegError as exc:
             skipped.append(str(exc))
             continue
@@ -58,7 +62,7 @@ def evaluate(run: Path, dataset: Path, split: str, out: Path, backend: str = "to
             gt = _onehot(rasterize(rec, classes, "multiclass"), k)
         small = prep.resize_image(img)[None]
         probs_small = pred.probabilities(small, tta)
-        probs = torch.nn.functional.interpolate(torch.from_numpy(probs_small), size=img.shape, mode="bilinear",
+        probs = torch.nn.functional.interpolate(torch.from_numpy(probs_small), size=img.shape[:2], mode="bilinear",
                                                 align_corners=False)
         labels = labels_from_probabilities(probs, mode).numpy()[0]
         kk = 1 if mode == "binary" else k
@@ -91,7 +95,7 @@ def evaluate(run: Path, dataset: Path, split: str, out: Path, backend: str = "to
         row["pred_lesion"] = bool(p_onehot.any())
         rows.append(row)
         if gt.any():
-            cases.append((float(np.mean(img_dice)) if img_dice else 0.0, rec, img, labels, gt))
+            cases.append((float(np.mean(img_dice)) if img_dice else 0.0, rec, img[..., 0], labels, gt))
     if not rows:
         raise HemosegError(f"no usable images in split '{split}'", sp.json_path)
     names = ["lesion"] if mode == "binary" else list(classes.names)

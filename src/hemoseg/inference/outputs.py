@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from hemoseg import RESEARCH_NOTICE, __version__
+from hemoseg.data.preprocessing import window_to_uint8
 
 
 def class_color(label: int) -> tuple[int, int, int]:
@@ -30,9 +31,9 @@ def slice_filename(z: int) -> str:
 
 
 def display_volume(study, preprocessing) -> np.ndarray:
-    """uint8 (Z,H,W) as the model sees it (HU windowed, display values kept)."""
+    """uint8 (Z,H,W) for people: HU under the model's first window, image input as given."""
     if study.is_hu:
-        return preprocessing.window_hu(study.pixels)
+        return window_to_uint8(study.pixels, *preprocessing.windows[0])
     return np.clip(np.rint(study.pixels), 0, 255).astype(np.uint8)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hemoseg.data.preprocessing import window_name
 from hemoseg.errors import HemosegError
 from hemoseg.inference.backends import ONNX_FILE, OnnxBackend, TorchBackend
 from hemoseg.inference import intracranial
@@ -45,15 +46,25 @@ class Predictor:
         return cls(ckpt, TorchBackend(ckpt.build_model(), device))
 
     # ------------------------------------------------------------------
-    def to_display(self, pixels: np.ndarray, is_hu: bool) -> np.ndarray:
-        """Study pixels -> uint8 display values in the model's training space."""
+    def to_display(self, pixels: np.ndarray, is_hu: bool, colour: np.ndarray | None = None) -> np.ndarray:
+        """Study pixels (Z,H,W) -> uint8 (Z,H,W,C) display values in the model's training space.
+
+        Image input has no HU to window: a one-window model takes its luminance,
+        a multi-window model its colour channels, which must then exist."""
+        prep = self.preprocessing
         if is_hu:
-            return self.preprocessing.window_hu(pixels)
-        return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+            return prep.window_hu(pixels)
+        if prep.channels == 1:
+            return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)[..., None]
+        if colour is None or colour.shape[-1] != prep.channels:
+            raise HemosegError(f"this model reads {prep.channels} CT windows "
+                               f"({'+'.join(map(window_name, prep.windows))}); a grayscale image carries one. "
+                               "Give it the DICOM or NIfTI (HU), or images exported with those windows as RGB")
+        return colour
 
     def probabilities(self, display: np.ndarray, tta: bool = False) -> np.ndarray:
-        """uint8 (B,S,S) at model size -> float32 probabilities (B,C,S,S)."""
-        x = self.preprocessing.normalize(display)[:, None]
+        """uint8 (B,S,S,C) at model size -> float32 probabilities (B,K,S,S)."""
+        x = self.preprocessing.normalize(display)
         logits = self.backend(x)
         probs = probabilities(logits, self.mode)
         if tta:  # horizontal flip: heads are left-right symmetric, up-down is not
@@ -70,7 +81,8 @@ class Predictor:
         out = np.empty((z, h, w), np.uint8)
         for start in range(0, z, self.batch_size):
             chunk = pixels[start:start + self.batch_size]
-            display = self.to_display(chunk, study.is_hu)
+            colour = None if study.colour is None else study.colour[start:start + self.batch_size]
+            display = self.to_display(chunk, study.is_hu, colour)
             small = np.stack([self.preprocessing.resize_image(s) for s in display])
             probs = self.probabilities(small, tta)
             # Labels of the bilinearly resampled probabilities, not resampled labels,

@@ -599,7 +599,8 @@ def labels_to_nifti_array(labels: np.ndarray, study: Study) -> np.ndarray:
 # --------------------------------------------------------------------------
 # PNG / JPG
 # --------------------------------------------------------------------------
-def _read_image(p: Path) -> np.ndarray:
+def _read_image(p: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Luminance (H, W) float32, plus the RGB channels when they differ (see Study.colour)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -610,6 +611,9 @@ def _read_image(p: Path) -> np.ndarray:
                 raise HemosegError(f"is a {mode} (16-bit/float) image; hemoseg reads 8-bit "
                                    "windowed slices from PNG/JPG, use DICOM or NIfTI for HU", p)
             arr = np.asarray(im.convert("L"), dtype=np.float32)
+            rgb = np.asarray(im.convert("RGB"), dtype=np.uint8) if im.mode in ("RGB", "RGBA") else None
+            if rgb is not None and (rgb == rgb[..., :1]).all():
+                rgb = None  # grayscale stored as RGB, as Roboflow does
     except HemosegError:
         raise
     except UnidentifiedImageError:
@@ -618,14 +622,14 @@ def _read_image(p: Path) -> np.ndarray:
         raise HemosegError("permission denied", p) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise HemosegError(f"image is truncated or corrupt ({exc})", p) from None
-    return arr
+    return arr, rgb
 
 
 def read_images(paths, name: str | None = None) -> Study:
     """8-bit display slices; spacing is unknown and stays unknown."""
     paths = sorted((Path(p) for p in paths), key=_natural_key)
     name = name or (paths[0].parent.name if len(paths) > 1 else _stem(paths[0]))
-    slices = [_read_image(p) for p in paths]
+    slices, colour = zip(*(_read_image(p) for p in paths))
     shapes = {s.shape for s in slices}
     if len(shapes) > 1:
         odd = next(p for p, s in zip(paths, slices) if s.shape != slices[0].shape)
@@ -633,5 +637,6 @@ def read_images(paths, name: str | None = None) -> Study:
                            f"({odd.name} differs from {paths[0].name})", paths[0].parent)
     return Study(
         name=name, pixels=np.stack(slices), is_hu=False, spacing=None, source="image",
+        colour=None if any(c is None for c in colour) else np.stack(colour),
         source_paths=paths, slice_sources=[p.name for p in paths],
     )

@@ -26,6 +26,9 @@ class Study:
     source: str
     """"dicom" | "nifti" | "image"."""
     source_paths: list[Path]
+    colour: np.ndarray | None = None
+    """(Z, H, W, 3) uint8 for colour image input whose channels differ (a
+    multi-window export: one CT window per channel); `pixels` is its luminance."""
     dicom: list | None = None
     """Sorted pydicom Datasets, parallel to the Z axis (for DICOM SEG)."""
     affine: np.ndarray | None = None
@@ -47,6 +50,8 @@ class Study:
             self.spacing = tuple(float(s) for s in self.spacing)
             if len(self.spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in self.spacing):
                 raise ValueError(f"invalid spacing {self.spacing}")
+        if self.colour is not None and self.colour.shape[:3] != self.pixels.shape:
+            raise ValueError("Study.colour must match Study.pixels slice for slice")
         if self.dicom is not None and len(self.dicom) != self.pixels.shape[0]:
             raise ValueError("Study.dicom must hold one dataset per slice")
 

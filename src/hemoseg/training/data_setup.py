@@ -9,12 +9,14 @@ import numpy as np
 
 from hemoseg.data.coco import SPLIT_NAMES, ClassList, Dataset, load_dataset
 from hemoseg.data.dataset import CachedSplit, cache_split, skipped_summary
+from hemoseg.data.preprocessing import Window, window_name
 from hemoseg.errors import HemosegError
 
 
 @dataclass
 class TrainingData:
     classes: ClassList
+    windows: tuple[Window, ...]
     train: CachedSplit
     valid: CachedSplit
     summary: dict
@@ -35,6 +37,9 @@ def check_class_consistency(ds: Dataset) -> ClassList:
     for name, split in sorted(ds.splits.items(), key=lambda kv: SPLIT_NAMES.index(kv[0])):
         if name == "train":
             continue
+        if split.windows != train.windows:
+            raise HemosegError(f"split '{name}' images carry windows {describe_windows(split.windows)}, "
+                               f"train's carry {describe_windows(train.windows)}", split.json_path)
         if split.classes != classes:
             extra = sorted(set(split.classes.names) - set(classes.names))
             raise HemosegError(
@@ -47,6 +52,10 @@ def check_class_consistency(ds: Dataset) -> ClassList:
                 f"class(es) {', '.join(sorted(missing))} appear in '{name}' but have no training annotation",
                 split.json_path)
     return classes
+
+
+def describe_windows(windows) -> str:
+    return "+".join(window_name(w) for w in windows)
 
 
 def prepare_training_data(path, mode: str, size: int, seed: int, log=print) -> TrainingData:
@@ -70,6 +79,7 @@ def prepare_training_data(path, mode: str, size: int, seed: int, log=print) -> T
     summary = {
         "dataset": str(path),
         "classes": list(classes.names),
+        "windows": [list(w) for w in ds.splits["train"].windows],
         "train_images": len(train),
         "valid_images": len(valid),
         "train_images_with_lesion": int(train.has_lesion().sum()),
@@ -78,7 +88,7 @@ def prepare_training_data(path, mode: str, size: int, seed: int, log=print) -> T
                     "valid": [str(p) for p in valid.skipped if p.severity == "error"]},
         "cache_seconds": round(train.build_seconds + valid.build_seconds, 3),
     }
-    return TrainingData(classes, train, valid, summary)
+    return TrainingData(classes, ds.splits["train"].windows, train, valid, summary)
 
 
 def _subset(c: CachedSplit, idx, name: str) -> CachedSplit:

@@ -10,7 +10,6 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -31,7 +30,7 @@ from hemoseg.training.calibration import fit_offsets
 from hemoseg.training.checkpoint import load_checkpoint, save_checkpoint
 from hemoseg.training.config import TrainConfig
 from hemoseg.training.curves import plot_curves
-from hemoseg.training.data_setup import prepare_training_data
+from hemoseg.training.data_setup import describe_windows, prepare_training_data
 from hemoseg.training.distributed import DistContext, convert_sync_batchnorm, init_from_env, shutdown
 from hemoseg.training.losses import SegmentationLoss, init_head_prior, inverse_frequency_weights, pool_to
 from hemoseg.training.precision import choose_bf16, native_bf16
@@ -143,11 +142,13 @@ class Trainer:
             prep = self.resume_from[0].preprocessing
         elif source:  # the source's normalisation: a pixel value keeps the meaning its weights learned
             prep = dataclasses.replace(source.preprocessing, size=cfg.size)
-        else:  # a float copy of the whole training split, so only when its statistics are needed
-            pix = data.train.images.astype(np.float32) / 255.0
-            prep = Preprocessing(size=cfg.size, mean=round(float(pix.mean()), 6), std=round(float(pix.std()) or 1.0, 6))
-            del pix
-        mcfg = ModelConfig(in_channels=1, out_channels=num_outputs(cfg.mode, k), width=cfg.width,
+        else:
+            prep = Preprocessing(size=cfg.size, windows=data.windows, **data.train.channel_stats())
+        if prep.windows != data.windows:
+            what = "--resume run" if self.resume_from else "--init model"
+            raise HemosegError(f"the {what} reads windows {describe_windows(prep.windows)}, but this dataset's "
+                               f"images carry {describe_windows(data.windows)}", self.dataset_path)
+        mcfg = ModelConfig(in_channels=prep.channels, out_channels=num_outputs(cfg.mode, k), width=cfg.width,
                            depth=cfg.depth, attention=cfg.attention, stem=cfg.stem,
                            deep_supervision=cfg.deep_supervision)
         model = build_model(mcfg)
@@ -179,7 +180,7 @@ class Trainer:
         if ctx.is_main:  # rank 0's stopwatch decides for all; the other ranks only wait for it
             side = cfg.patch or cfg.size
             # Its own generator: the probe must not move the seeded stream training draws from.
-            probe = torch.randn(max(cfg.batch_size // ctx.world, 1), 1, side, side,
+            probe = torch.randn(max(cfg.batch_size // ctx.world, 1), prep.channels, side, side,
                                 generator=torch.Generator().manual_seed(0)).to(dev)
             if channels_last:
                 probe = probe.contiguous(memory_format=torch.channels_last)

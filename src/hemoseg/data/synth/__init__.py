@@ -4,7 +4,8 @@ Lets every part of hemoseg (data loading, training, volumetry, DICOM SEG
 export, the demo) run and be tested without patient data. One seed fixes every
 byte of the output:
 
-    OUT/coco/{train,valid,test}/   Roboflow-style COCO export (JPEG + _annotations.coco.json)
+    OUT/coco/{train,valid,test}/   Roboflow-style COCO export (JPEG + _annotations.coco.json),
+                                   one CT window, or three as the colour channels
     OUT/dicom/<study>/             CT series, hashed file names (sort by position)
     OUT/dicom/<study>_labels.nii.gz  label volume (Z, Y, X), values 0..6
     OUT/dicom/ground_truth.json    spacing and exact per-class volumes (mL)
@@ -19,7 +20,7 @@ import shutil
 import time
 from pathlib import Path
 
-from hemoseg.data.synth.coco_export import (SPLITS, SliceSample, categories, coco_dict, generate_coco,
+from hemoseg.data.synth.coco_export import (BRAIN_ONLY, SPLITS, SliceSample, categories, coco_dict, generate_coco,
                                             make_split, mask_to_polygons, mask_to_rle)
 from hemoseg.data.synth.dicom_export import (Study, class_volumes, generate_dicom, render_study,
                                              study_datasets)
@@ -38,7 +39,7 @@ __all__ = [
 
 def generate(out_dir, seed: int = 0, *, train: int = 300, valid: int = 50, test: int = 50,
              size: int = 256, studies: int = 3, slices: int = 32, dicom_size: int = 512,
-             force: bool = False) -> dict:
+             force: bool = False, windows=BRAIN_ONLY) -> dict:
     """Write the whole synthetic dataset under `out_dir` and return a summary.
 
     Refuses a non-empty `out_dir` unless `force`; with `force` only the
@@ -63,7 +64,7 @@ def generate(out_dir, seed: int = 0, *, train: int = 300, valid: int = 50, test:
                 (out / sub).unlink()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    coco = generate_coco(out / "coco", seed, {"train": train, "valid": valid, "test": test}, size)
+    coco = generate_coco(out / "coco", seed, {"train": train, "valid": valid, "test": test}, size, windows)
     t1 = time.perf_counter()
     truth = generate_dicom(out / "dicom", seed, studies, slices, dicom_size) if studies else {}
     t2 = time.perf_counter()

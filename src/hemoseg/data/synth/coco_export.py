@@ -3,7 +3,10 @@
 Each split draws its own heads (patient-disjoint by construction: heads are
 seeded by split and index), takes a few axial slices from each, and writes
 brain-window JPEGs plus `_annotations.coco.json` laid out the way Roboflow
-exports them, so the real-data loader is exercised by the synthetic set.
+exports them, so the real-data loader is exercised by the synthetic set. With
+three windows (e.g. brain, subdural, bone) each JPEG holds one window per
+colour channel, without chroma subsampling (which would blur two of them), and
+the JSON's info block declares them (coco.py).
 
 Polygons are traced on a 2x nearest-upsampled mask and mapped back, which puts
 every vertex 0.25 px outside the centres of the boundary pixels; pycocotools
@@ -26,7 +29,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from hemoseg.data.preprocessing import window_to_uint8
+from hemoseg.data.coco import WINDOWS_KEY
+from hemoseg.data.preprocessing import NAMED_WINDOWS, Window, window_to_uint8
 from hemoseg.data.synth.phantom import (CLASS_NAMES, EDEMA, EDH, IPH, IVH, SAH, SDH, render_plane,
                                         sample_head, scanner_effects)
 
@@ -38,6 +42,7 @@ PRIMARY = (IPH, SDH, EDH, IVH, SAH)  # edema comes with IPH
 RLE_CLASSES = (EDEMA,)  # rings: a polygon cannot describe them
 JPEG_QUALITY = 95
 _FIXED_DATE = "2024-01-01T00:00:00+00:00"  # never the clock: outputs must be reproducible
+BRAIN_ONLY: tuple[Window, ...] = (NAMED_WINDOWS["brain"],)
 
 
 @dataclass
@@ -48,10 +53,11 @@ class SliceSample:
     spacing: float
     hu: np.ndarray  # float32 (H, W), with blur and noise
     label: np.ndarray  # uint8 (H, W), 0..6
-    image: np.ndarray  # uint8 (H, W), brain window L40/W80
+    image: np.ndarray  # uint8 (H, W) under one window, or (H, W, 3): one window per channel
 
 
-def make_split(seed: int, split: str, count: int, size: int = 256) -> list[SliceSample]:
+def make_split(seed: int, split: str, count: int, size: int = 256,
+               windows: tuple[Window, ...] = BRAIN_ONLY) -> list[SliceSample]:
     """The slices of one split, in memory. Same arguments -> same arrays."""
     code = _SPLIT_CODE[split]
     plan = np.random.default_rng([seed, code, 0])
@@ -81,8 +87,13 @@ def make_split(seed: int, split: str, count: int, size: int = 256) -> list[Slice
             digest = hashlib.md5(f"{seed}/{split}/{h}/{k}".encode()).hexdigest()
             samples.append(SliceSample(
                 file_name=f"{head_name}_{k:02d}_png.rf.{digest}.jpg", head=head_name, z=float(z),
-                spacing=float(spacing), hu=hu, label=lab, image=window_to_uint8(hu, 40, 80)))
+                spacing=float(spacing), hu=hu, label=lab, image=_windowed(hu, windows)))
     return samples
+
+
+def _windowed(hu: np.ndarray, windows: tuple[Window, ...]) -> np.ndarray:
+    img = np.stack([window_to_uint8(hu, lv, wd) for lv, wd in windows], axis=-1)
+    return img[..., 0] if len(windows) == 1 else img
 
 
 def _choose_slices(head, rng, kinds, n_slots, fov, probe=48, levels=14) -> list[float]:
@@ -164,7 +175,8 @@ def categories() -> list[dict]:
         {"id": k, "name": name, "supercategory": "lesions"} for k, name in CLASS_NAMES.items()]
 
 
-def coco_dict(samples: list[SliceSample], description: str = "hemoseg synthetic head CT") -> dict:
+def coco_dict(samples: list[SliceSample], description: str = "hemoseg synthetic head CT",
+              windows: tuple[Window, ...] = BRAIN_ONLY) -> dict:
     images, anns = [], []
     for img_id, smp in enumerate(samples):
         h, w = smp.label.shape
@@ -185,7 +197,8 @@ def coco_dict(samples: list[SliceSample], description: str = "hemoseg synthetic 
                          "area": int(m.sum()), "segmentation": seg, "iscrowd": 0})
     return {
         "info": {"year": "2024", "version": "1", "description": description,
-                 "contributor": "hemoseg synth", "url": "", "date_created": _FIXED_DATE},
+                 "contributor": "hemoseg synth", "url": "", "date_created": _FIXED_DATE,
+                 WINDOWS_KEY: [list(w) for w in windows]},
         "licenses": [{"id": 1, "url": "https://creativecommons.org/publicdomain/zero/1.0/",
                       "name": "Public Domain"}],
         "categories": categories(),
@@ -194,25 +207,27 @@ def coco_dict(samples: list[SliceSample], description: str = "hemoseg synthetic 
     }
 
 
-def write_split(samples: list[SliceSample], split_dir: Path, description: str) -> dict:
+def write_split(samples: list[SliceSample], split_dir: Path, description: str,
+                windows: tuple[Window, ...] = BRAIN_ONLY) -> dict:
     split_dir.mkdir(parents=True, exist_ok=True)
     for smp in samples:
         Image.fromarray(smp.image).save(split_dir / smp.file_name, format="JPEG",
-                                                 quality=JPEG_QUALITY)
-    coco = coco_dict(samples, description)
+                                        quality=JPEG_QUALITY, subsampling=0)
+    coco = coco_dict(samples, description, windows)
     (split_dir / "_annotations.coco.json").write_text(json.dumps(coco))
     return coco
 
 
-def generate_coco(out_dir, seed: int = 0, counts: dict | None = None, size: int = 256) -> dict:
+def generate_coco(out_dir, seed: int = 0, counts: dict | None = None, size: int = 256,
+                  windows: tuple[Window, ...] = BRAIN_ONLY) -> dict:
     """Write OUT/{train,valid,test}/ and return per-split image and class counts."""
     counts = counts or {"train": 300, "valid": 50, "test": 50}
     out_dir = Path(out_dir)
     summary = {}
     for split in SPLITS:
         n = int(counts.get(split, 0))
-        samples = make_split(seed, split, n, size)
-        coco = write_split(samples, out_dir / split, f"hemoseg synthetic head CT, seed {seed}, {split}")
+        samples = make_split(seed, split, n, size, windows)
+        coco = write_split(samples, out_dir / split, f"hemoseg synthetic head CT, seed {seed}, {split}", windows)
         per_class = {name: 0 for name in CLASS_NAMES.values()}
         for a in coco["annotations"]:
             per_class[CLASS_NAMES[a["category_id"]]] += 1
