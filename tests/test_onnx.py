@@ -26,12 +26,12 @@ from hemoseg.training.checkpoint import save_checkpoint  # noqa: E402
 SIZE = 32
 
 
-def make_run(folder: Path, mode: str = "multiclass", seed: int = 0) -> Path:
+def make_run(folder: Path, mode: str = "multiclass", seed: int = 0, windows=((40, 80),)) -> Path:
     """A run folder with a freshly initialised model. BN statistics and affine
     parameters are randomised so the exported (BN-folded) graph is non-trivial."""
     torch.manual_seed(seed)
     classes = ClassList(("bleed", "edema"), (1, 2))
-    mcfg = ModelConfig(in_channels=1, out_channels=num_outputs(mode, len(classes)), width=4, depth=3)
+    mcfg = ModelConfig(in_channels=len(windows), out_channels=num_outputs(mode, len(classes)), width=4, depth=3)
     model = build_model(mcfg)
     with torch.no_grad():
         for m in model.modules():
@@ -42,7 +42,7 @@ def make_run(folder: Path, mode: str = "multiclass", seed: int = 0) -> Path:
                 m.bias.uniform_(-0.2, 0.2)
     folder.mkdir(parents=True, exist_ok=True)
     save_checkpoint(folder / "best.safetensors", model.state_dict(), mcfg, classes, mode,
-                    Preprocessing(size=SIZE, mean=0.3, std=0.25), {"epoch": 1})
+                    Preprocessing(size=SIZE, windows=windows, mean=0.3, std=0.25), {"epoch": 1})
     return folder
 
 
@@ -68,8 +68,9 @@ def test_export_parity(tmp_path, capsys, mode):
     assert report["num_inputs"] >= 8
 
 
-def test_predictor_onnx_matches_torch(tmp_path, capsys):
-    run = make_run(tmp_path / "run")
+@pytest.mark.parametrize("windows", [((40, 80),), ((40, 80), (80, 200), (600, 2800))])
+def test_predictor_onnx_matches_torch(tmp_path, capsys, windows):
+    run = make_run(tmp_path / "run", windows=windows)
     assert main(["export", str(run), "--samples", "2"]) == 0
     # A fake study in Hounsfield units at a size other than the model's, so the
     # windowing, resizing and probability resampling paths all run.
