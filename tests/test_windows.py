@@ -71,6 +71,15 @@ def test_synthetic_export_can_carry_three_windows_as_colour(tmp_path):
     assert main(["synth", str(tmp_path / "x"), "--windows", "brain,bone"]) == 2
 
 
+def test_data_check_names_the_windows_and_refuses_gray_images_in_a_colour_split(tmp_path, capsys):
+    root = make_blob_export(tmp_path / "d", {"train": 3}, windows=THREE)
+    assert main(["data", "check", str(root)]) == 0
+    assert "3 images (brain+subdural+bone windows)" in capsys.readouterr().out
+    Image.open(root / "train" / "train1.png").convert("L").save(root / "train" / "train1.png")
+    assert main(["data", "check", str(root)]) == 2
+    assert "train1.png is a L image, but the split declares 3 CT windows" in capsys.readouterr().out
+
+
 def test_a_broken_window_declaration_is_an_error_that_names_it(tmp_path, capsys):
     root = make_blob_export(tmp_path / "d", {"train": 4})
     path = root / "train" / "_annotations.coco.json"

@@ -24,6 +24,7 @@ from hemoseg.data.coco import (
     find_split_files,
     load_split,
 )
+from hemoseg.data.preprocessing import window_name
 from hemoseg.data.rasterize import annotation_mask
 
 EXIT_CLEAN, EXIT_WARNINGS, EXIT_ERRORS = 0, 1, 2
@@ -35,6 +36,7 @@ class SplitSummary:
     images: int = 0
     annotations: int = 0
     problems: list[Problem] = field(default_factory=list)
+    windows: str = "brain"
 
     @property
     def errors(self) -> int:
@@ -45,7 +47,8 @@ class SplitSummary:
         return sum(p.severity == "warning" for p in self.problems)
 
     def line(self) -> str:
-        return (f"split {self.name}: {plural(self.images, 'image')}, "
+        windows = "" if self.windows == "brain" else f" ({self.windows} windows)"
+        return (f"split {self.name}: {plural(self.images, 'image')}{windows}, "
                 f"{plural(self.annotations, 'annotation')}, "
                 f"{plural(self.errors, 'error')}, {plural(self.warnings, 'warning')}")
 
@@ -109,6 +112,7 @@ def _check_split(json_path: Path, name: str) -> SplitSummary:
                                         f"cannot read annotations ({type(exc).__name__}: {_one_line(exc)})"))
         return summary
     summary.problems.extend(split.problems)
+    summary.windows = "+".join(window_name(w) for w in split.windows)
     _check_contents(split, summary)
     return summary
 
@@ -117,7 +121,7 @@ def _check_contents(split: Split, summary: SplitSummary) -> None:
     jfile = str(split.json_path)
     for rec in split.images:
         item = f"image {rec.id}"
-        found = decode_problem(rec.path)
+        found = decode_problem(rec.path, len(split.windows))
         if found is not None:
             severity, message = found
             summary.problems.append(Problem(severity, jfile, item, message))
@@ -137,8 +141,9 @@ def _check_contents(split: Split, summary: SplitSummary) -> None:
             summary.annotations += 1
 
 
-def decode_problem(path: Path) -> tuple[str, str] | None:
-    """Fully decode one image; (severity, message) if it is damaged.
+def decode_problem(path: Path, channels: int = 1) -> tuple[str, str] | None:
+    """Fully decode one image; (severity, message) if it is damaged, or gray
+    where the split declares its windows as colour channels.
 
     JPEGs are decoded at reduced scale: the whole entropy-coded stream is
     still read (so truncation shows) but far fewer pixels are produced. PNGs
@@ -150,6 +155,9 @@ def decode_problem(path: Path) -> tuple[str, str] | None:
             if im.format == "JPEG":
                 im.draft(None, (max(1, im.width // 8), max(1, im.height // 8)))
             im.load()
+            if channels > 1 and im.mode not in ("RGB", "RGBA"):
+                return "error", (f"{name} is a {im.mode} image, but the split declares {channels} "
+                                 "CT windows as colour channels")
     except UnidentifiedImageError:
         return "error", f"corrupt image file: {name} (not a recognised image format)"
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ...
