@@ -24,7 +24,7 @@ from hemoseg.data.coco import (
     find_split_files,
     load_split,
 )
-from hemoseg.data.preprocessing import window_name
+from hemoseg.data.preprocessing import describe_windows
 from hemoseg.data.rasterize import annotation_mask
 
 EXIT_CLEAN, EXIT_WARNINGS, EXIT_ERRORS = 0, 1, 2
@@ -112,7 +112,7 @@ def _check_split(json_path: Path, name: str) -> SplitSummary:
                                         f"cannot read annotations ({type(exc).__name__}: {_one_line(exc)})"))
         return summary
     summary.problems.extend(split.problems)
-    summary.windows = "+".join(window_name(w) for w in split.windows)
+    summary.windows = describe_windows(split.windows)
     _check_contents(split, summary)
     return summary
 

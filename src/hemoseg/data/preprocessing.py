@@ -45,6 +45,11 @@ def window_name(w: Window) -> str:
     return f"L{w[0]:g}/W{w[1]:g}"
 
 
+def describe_windows(windows) -> str:
+    """'brain+subdural+bone': how errors and logs name a model's or dataset's input."""
+    return "+".join(window_name(w) for w in windows)
+
+
 def parse_windows(spec: str) -> tuple[Window, ...]:
     """'brain,subdural,bone' or 'L40/W80,...' (names and L/W pairs mix) -> windows."""
     out = []

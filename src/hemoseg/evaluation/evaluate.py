@@ -18,11 +18,11 @@ from tqdm import tqdm
 
 from hemoseg.data.coco import load_dataset
 from hemoseg.data.images import load_display
+from hemoseg.data.preprocessing import describe_windows
 from hemoseg.data.rasterize import rasterize
 from hemoseg.errors import HemosegError
 from hemoseg.evaluation.metrics import confusion, hd95, summarize
 from hemoseg.inference.predictor import Predictor, check_compatible
-from hemoseg.training.data_setup import describe_windows
 from hemoseg.models.heads import labels_from_probabilities
 from hemoseg.training.losses import SegmentationLoss
 

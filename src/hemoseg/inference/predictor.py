@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hemoseg.data.preprocessing import window_name
+from hemoseg.data.preprocessing import describe_windows
 from hemoseg.errors import HemosegError
 from hemoseg.inference.backends import ONNX_FILE, OnnxBackend, TorchBackend
 from hemoseg.inference import intracranial
@@ -58,7 +58,7 @@ class Predictor:
             return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)[..., None]
         if colour is None or colour.shape[-1] != prep.channels:
             raise HemosegError(f"this model reads {prep.channels} CT windows "
-                               f"({'+'.join(map(window_name, prep.windows))}); a grayscale image carries one. "
+                               f"({describe_windows(prep.windows)}); a grayscale image carries one. "
                                "Give it the DICOM or NIfTI (HU), or images exported with those windows as RGB")
         return colour
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from hemoseg.data.coco import SPLIT_NAMES, ClassList, Dataset, load_dataset
 from hemoseg.data.dataset import CachedSplit, cache_split, skipped_summary
-from hemoseg.data.preprocessing import Window, window_name
+from hemoseg.data.preprocessing import Window, describe_windows
 from hemoseg.errors import HemosegError
 
 
@@ -52,10 +52,6 @@ def check_class_consistency(ds: Dataset) -> ClassList:
                 f"class(es) {', '.join(sorted(missing))} appear in '{name}' but have no training annotation",
                 split.json_path)
     return classes
-
-
-def describe_windows(windows) -> str:
-    return "+".join(window_name(w) for w in windows)
 
 
 def prepare_training_data(path, mode: str, size: int, seed: int, log=print) -> TrainingData:

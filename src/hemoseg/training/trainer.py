@@ -19,7 +19,7 @@ from hemoseg.cpus import cpu_threads
 from hemoseg.data.augment import build_augmentation, get_policy
 from hemoseg.data.dataset import SegmentationDataset
 from hemoseg.data.device_augment import DeviceAugment
-from hemoseg.data.preprocessing import Preprocessing
+from hemoseg.data.preprocessing import Preprocessing, describe_windows
 from hemoseg.data.rasterize import num_outputs
 from hemoseg.errors import HemosegError
 from hemoseg.evaluation.metrics import batch_confusion, summarize
@@ -30,7 +30,7 @@ from hemoseg.training.calibration import fit_offsets
 from hemoseg.training.checkpoint import load_checkpoint, save_checkpoint
 from hemoseg.training.config import TrainConfig
 from hemoseg.training.curves import plot_curves
-from hemoseg.training.data_setup import describe_windows, prepare_training_data
+from hemoseg.training.data_setup import prepare_training_data
 from hemoseg.training.distributed import DistContext, convert_sync_batchnorm, init_from_env, shutdown
 from hemoseg.training.losses import SegmentationLoss, init_head_prior, inverse_frequency_weights, pool_to
 from hemoseg.training.precision import choose_bf16, native_bf16
