@@ -42,11 +42,12 @@ def main() -> None:
     # More slices than `hemoseg synth`'s defaults: training images cost nothing per step under
     # a time budget, and 100-image valid/test splits hold enough of each thin class for model
     # selection, calibration and the per-class test numbers to mean something.
-    # Three CT windows as the images' colour channels (brain, subdural, bone), as a radiologist
-    # reads them: in the brain window alone a subdural or epidural bleed on the skull has no
-    # outer border (docs/recipe.md, experiment 34). The model then reads the DICOM HU the same way.
+    # Three CT windows as the images' colour channels: in the brain window alone a subdural or
+    # epidural bleed on the skull has no outer border (the subdural window L80/W200 shows it), and
+    # a narrow L30/W40 window gives the edema rim against white matter more contrast than any
+    # other (docs/recipe.md, experiment 34). The model then reads the DICOM HU the same way.
     times["synth"] = sh("synth", str(data), "--seed", "0", "--force", "--train", str(a.train),
-                        "--valid", "100", "--test", "100", "--windows", "brain,subdural,bone")
+                        "--valid", "100", "--test", "100", "--windows", "brain,subdural,L30/W40")
     # A CPU demo: the network computes at 128 px on 256 px images and labels (stem 2: it learns
     # the label fractions, docs/recipe.md exp. 18), with a wall-clock budget the LR schedule
     # anneals to. Otherwise the default recipe (class-weighted CE, calibrated offsets, batch 16:
