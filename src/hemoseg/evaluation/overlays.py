@@ -34,9 +34,11 @@ def save_case_grid(cases, path: Path, names: list[str], title: str) -> None:
     for row, (score, rec, img, labels, gt) in enumerate(cases):
         pred = np.stack([labels == c + 1 for c in range(len(names))])
         axes[row, 0].imshow(colorize(img, gt, colors))
-        axes[row, 0].set_title(f"{rec.file_name}: ground truth", fontsize=8)
+        # Roboflow names run to 60+ characters: keep the distinctive start, on its own line
+        name = rec.file_name if len(rec.file_name) <= 34 else rec.file_name[:33] + "…"
+        axes[row, 0].set_title(f"{name}\nground truth", fontsize=8)
         axes[row, 1].imshow(colorize(img, pred, colors))
-        axes[row, 1].set_title(f"prediction (Dice {score:.3f})", fontsize=8)
+        axes[row, 1].set_title(f"\nprediction (Dice {score:.3f})", fontsize=8)
         for ax in axes[row]:
             ax.axis("off")
     fig.legend(handles=[Patch(color=colors[i], label=n) for i, n in enumerate(names)], loc="lower center",
