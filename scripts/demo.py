@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("demo"))
     ap.add_argument("--minutes", type=float, default=7.0, help="training time budget")
     ap.add_argument("--size", type=int, default=256, help="model input size for the demo")
-    ap.add_argument("--train", type=int, default=800, help="synthetic training slices")
+    ap.add_argument("--train", type=int, default=1600, help="synthetic training slices")
     ap.add_argument("--stem", type=int, default=2, help="the network computes at size/stem (ModelConfig.stem)")
     a = ap.parse_args()
     out = a.out
