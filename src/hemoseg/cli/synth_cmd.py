@@ -38,14 +38,14 @@ def register(sub):
 
 
 def _run(args) -> int:
-    from hemoseg.data.preprocessing import parse_windows
+    from hemoseg.data.preprocessing import IMAGE_WINDOW_COUNTS, parse_windows
     from hemoseg.data.synth import generate  # heavy imports only when used
 
     try:
         windows = parse_windows(args.windows)
     except ValueError as exc:
         raise HemosegError(f"--windows: {exc}") from None
-    if len(windows) not in (1, 3):
+    if len(windows) not in IMAGE_WINDOW_COUNTS:
         raise HemosegError(f"--windows: give 1 or 3 windows (an image holds gray or RGB), got {len(windows)}")
 
     if args.size > 4096 or args.dicom_size > 4096:

@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hemoseg.data.preprocessing import NAMED_WINDOWS, Window, check_windows
+from hemoseg.data.preprocessing import IMAGE_WINDOW_COUNTS, NAMED_WINDOWS, Window, check_windows
 from hemoseg.errors import HemosegError
 
 ANNOTATION_FILE = "_annotations.coco.json"
@@ -188,7 +188,7 @@ def load_split(json_path: Path, name: str, check_files: bool = True) -> Split:
     if WINDOWS_KEY in info:
         try:
             windows = check_windows(info[WINDOWS_KEY])
-            if len(windows) not in (1, 3):
+            if len(windows) not in IMAGE_WINDOW_COUNTS:
                 raise ValueError(f"{len(windows)} windows; an image holds 1 (gray) or 3 (RGB)")
         except ValueError as exc:
             problem("error", f"info.{WINDOWS_KEY}", str(exc))

@@ -15,6 +15,19 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from hemoseg.errors import HemosegError
 
 
+def _decoded(path: Path) -> Image.Image:
+    """The fully decoded image, EXIF orientation applied; a one-line error otherwise."""
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            im.load()
+            return im
+    except FileNotFoundError:
+        raise HemosegError("image file not found", path) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise HemosegError(f"cannot decode image ({' '.join(str(exc).split())[:120]})", path) from None
+
+
 def load_gray_uint8(path: str | Path) -> np.ndarray:
     """Read a PNG/JPEG as (H, W) uint8, honouring EXIF orientation.
 
@@ -22,24 +35,14 @@ def load_gray_uint8(path: str | Path) -> np.ndarray:
     16-bit images are scaled linearly from the full 0..65535 range so that the
     same file always maps to the same values, independent of its contents.
     """
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                return np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
-            if im.mode == "F":
-                arr = np.asarray(im, dtype=np.float32)
-                return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-            if im.mode != "L":
-                im = im.convert("L")
-            return np.asarray(im, dtype=np.uint8).copy()
-    except FileNotFoundError:
-        raise HemosegError("image file not found", path) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise HemosegError(f"cannot decode image ({' '.join(str(exc).split())[:120]})", path) from None
+    im = _decoded(Path(path))
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        return np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
+    if im.mode == "F":
+        arr = np.asarray(im, dtype=np.float32)
+        return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    return np.asarray(im if im.mode == "L" else im.convert("L"), dtype=np.uint8).copy()
 
 
 def load_display(path: str | Path, channels: int) -> np.ndarray:
@@ -48,19 +51,11 @@ def load_display(path: str | Path, channels: int) -> np.ndarray:
     if channels == 1:
         return load_gray_uint8(path)[..., None]
     path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            im.load()
-            bands = len(im.getbands())
-            if im.mode not in ("RGB", "RGBA") or channels != 3:
-                raise HemosegError(f"is a {bands}-channel {im.mode} image; this dataset or model reads "
-                                   f"{channels} CT windows as the image's colour channels", path)
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except FileNotFoundError:
-        raise HemosegError("image file not found", path) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise HemosegError(f"cannot decode image ({' '.join(str(exc).split())[:120]})", path) from None
+    im = _decoded(path)
+    if im.mode not in ("RGB", "RGBA") or channels != 3:
+        raise HemosegError(f"is a {len(im.getbands())}-channel {im.mode} image; this dataset or model reads "
+                           f"{channels} CT windows as the image's colour channels", path)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

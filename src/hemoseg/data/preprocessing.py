@@ -37,6 +37,9 @@ NAMED_WINDOWS: dict[str, Window] = {
     "bone": (600.0, 2800.0),
 }
 
+IMAGE_WINDOW_COUNTS = (1, 3)
+"""Windows an 8-bit image file can hold: gray, or one per R, G, B."""
+
 
 def window_name(w: Window) -> str:
     for name, known in NAMED_WINDOWS.items():
