@@ -298,3 +298,18 @@ def test_generate_rejects_bad_arguments(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(HemosegError):
         generate(tmp_path / "file")
+
+
+def test_parallel_rendering_gives_the_same_slices(monkeypatch):
+    """Heads are rendered in worker processes for large splits; each draws from its own
+    seeded stream, so the slices must not depend on how many processes made them."""
+    from hemoseg.data.synth import coco_export
+
+    n = coco_export.SLICES_PER_HEAD * coco_export.PARALLEL_FROM_HEADS
+    monkeypatch.setattr(coco_export, "cpu_threads", lambda: 2)
+    parallel = make_split(3, "valid", n, 32)
+    monkeypatch.setattr(coco_export, "PARALLEL_FROM_HEADS", 10**9)
+    serial = make_split(3, "valid", n, 32)
+    assert [s.file_name for s in parallel] == [s.file_name for s in serial]
+    assert all(np.array_equal(a.image, b.image) and np.array_equal(a.label, b.label)
+               for a, b in zip(parallel, serial))
