@@ -194,53 +194,88 @@ def montage_slices(labels: np.ndarray, max_panels: int = 12) -> list[int]:
     return sorted(picks)
 
 
+_FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX, as in the overlays' legend
+
+
+def _text_width(text: str, scale: float) -> int:
+    import cv2
+
+    return cv2.getTextSize(text, _FONT, scale, 1)[0][0]
+
+
+def _put_centred(canvas: np.ndarray, text: str, cx: int, baseline: int, scale: float, rgb) -> None:
+    import cv2
+
+    cv2.putText(canvas, text, (cx - _text_width(text, scale) // 2, baseline), _FONT, scale, rgb, 1, cv2.LINE_AA)
+
+
+def _wrapped(text: str, scale: float, width: int) -> list[str]:
+    """Greedy word wrap to `width` pixels (the notice is longer than a small montage is wide)."""
+    lines, line = [], ""
+    for word in text.split():
+        trial = f"{line} {word}".strip()
+        if line and _text_width(trial, scale) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    return lines + [line] if line else lines
+
+
 def write_montage(display: np.ndarray, labels: np.ndarray, class_names: list[str], path: Path,
                   title: str, slice_names: list[str] | None = None) -> list[int]:
     """Grid of lesion slices with a legend and the research notice; returns
     the slice indices shown.
 
-    Matplotlib draws only the text (one figure, no Axes); the panels are
-    pasted into its pixels: an Axes per panel (ticks, title layout, image
-    resampling) cost several times more than everything else here. Panels
-    are shrunk by area averaging, so thin outlines fade rather than vanish."""
+    Drawn with OpenCV like the overlays: matplotlib cost about a second of
+    every `hemoseg predict` (import, artists, layout) for a few lines of text.
+    Panels are shrunk by area averaging, so thin outlines fade rather than vanish."""
     import cv2
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
 
     zs = montage_slices(labels)
     n = len(zs)
     cols = min(4, n)
     rows = int(np.ceil(n / cols))
-    dpi, cell, top, bottom, caption = 100, 300, 45, 65, 16  # pixels
-    width, height = max(cols * cell, 600), rows * cell + top + bottom  # room for the legend
+    cell, top, caption, gap = 300, 40, 16, 8  # pixels
+    width = max(cols * cell, 600)
     left = (width - cols * cell) // 2
-    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, facecolor="white")
-    agg = FigureCanvasAgg(fig)
+    # Legend: as many equal columns as fit, then the notice, wrapped to the width.
+    entry = 26 + max(_text_width(nm, 0.45) for nm in class_names) + 18
+    lcols = max(1, min(len(class_names), (width - 20) // entry))
+    lrows = int(np.ceil(len(class_names) / lcols))
+    notice = _wrapped(RESEARCH_NOTICE, 0.42, width - 20)
+    bottom = gap + lrows * 20 + gap + len(notice) * 16 + gap
+    height = top + rows * cell + bottom
+    canvas = np.full((height, width, 3), 255, np.uint8)
+
     any_lesion = bool((labels > 0).any())
-    fig.suptitle(title if any_lesion else f"{title}: no hemorrhage detected", fontsize=11)
+    _put_centred(canvas, title if any_lesion else f"{title}: no hemorrhage detected",
+                 width // 2, 26, 0.6, (20, 20, 20))
     h, w = display.shape[1:]
-    box = cell - caption - 8
+    box = cell - caption - gap
     scale = min(box / h, box / w)
     ph, pw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST
-    panels = []
     for i, z in enumerate(zs):
         r, c = divmod(i, cols)
-        panels.append((top + r * cell + caption + (box - ph) // 2, left + c * cell + (cell - pw) // 2, z))
+        y0, x0 = top + r * cell, left + c * cell
         name = f" ({slice_names[z]})" if slice_names and len(slice_names) > z else ""
-        fig.text((left + (c + 0.5) * cell) / width, 1 - (top + r * cell + caption / 2 + 2) / height,
-                 f"slice {z}{name}", ha="center", va="center", fontsize=7)
-    handles = [Patch(color=np.array(class_color(k)) / 255.0, label=nm)
-               for k, nm in enumerate(class_names, start=1)]
-    fig.legend(handles=handles, loc="lower center", ncol=min(3, len(handles)), fontsize=8,
-               frameon=False, bbox_to_anchor=(0.5, 16 / height))
-    fig.text(0.5, 0.005, RESEARCH_NOTICE, ha="center", va="bottom", fontsize=7, color="#a00")
-    agg.draw()
-    canvas = np.asarray(agg.buffer_rgba())[..., :3].copy()
-    for y0, x0, z in panels:
+        _put_centred(canvas, f"slice {z}{name}", x0 + cell // 2, y0 + caption - 4, 0.4, (40, 40, 40))
+        py, px = y0 + caption + (box - ph) // 2, x0 + (cell - pw) // 2
         panel = overlay_rgb(display[z], labels[z], len(class_names))
-        canvas[y0:y0 + ph, x0:x0 + pw] = cv2.resize(panel, (pw, ph), interpolation=interp)
+        canvas[py:py + ph, px:px + pw] = cv2.resize(panel, (pw, ph), interpolation=interp)
+
+    y = top + rows * cell + gap
+    lx0 = (width - lcols * entry) // 2
+    for i, nm in enumerate(class_names):
+        r, c = divmod(i, lcols)
+        x, yy = lx0 + c * entry, y + r * 20
+        cv2.rectangle(canvas, (x, yy + 3), (x + 16, yy + 15), class_color(i + 1), -1)
+        cv2.putText(canvas, nm, (x + 24, yy + 14), _FONT, 0.45, (30, 30, 30), 1, cv2.LINE_AA)
+    y += lrows * 20 + gap
+    for line in notice:
+        _put_centred(canvas, line, width // 2, y + 12, 0.42, (170, 0, 0))
+        y += 16
     # one image, embedded in report.html: worth a tighter compression
     _imwrite(path, cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR), (cv2.IMWRITE_PNG_COMPRESSION, 3))
     return zs

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,6 +190,21 @@ def _short(rep: dict) -> str:
     return f'{rep["study"]}: {found}'
 
 
+def _warm_writers() -> None:
+    """Import the writers' libraries and parse highdicom's tables of the DICOM standard
+    while the model loads and runs (ONNX Runtime releases the GIL as it computes): about a
+    second of one-time cost that the first study of a process would otherwise pay after
+    inference. Only a head start: each writer still imports what it needs."""
+    try:
+        import nibabel  # noqa: F401
+        import scipy.ndimage  # noqa: F401
+        from highdicom import _standard_utils as standard
+
+        standard.get_sop_class_iod_map(), standard.get_iod_module_map(), standard.get_module_attribute_map()
+    except Exception:  # a private highdicom helper moved: the writers pay the cost instead
+        pass
+
+
 def run_batch(predictor, inputs, out_dir, *, tta: bool = False, force: bool = False,
               model: dict | None = None, progress: bool | None = None,
               out=None, err=None) -> BatchResult:
@@ -212,6 +228,7 @@ def run_batch(predictor, inputs, out_dir, *, tta: bool = False, force: bool = Fa
         batch.results.append(StudyResult(name=None, origin=path, error=line))
     if not items:
         return batch
+    threading.Thread(target=_warm_writers, name="hemoseg-warm", daemon=True).start()
     if not hasattr(predictor, "predict_volume") and callable(predictor):
         predictor = predictor()
     if model is not None and getattr(predictor, "backend", None):
