@@ -134,3 +134,46 @@ def test_softmax_search_ends_where_no_single_offset_move_helps():
             trial = list(off.values)
             trial[ch] = v
             assert score(trial) <= best + 1e-4, (ch, v)
+
+
+def _reference_softmax_fit(logits, target, c):
+    """The search done one grid value at a time, as it was before the one-pass sweep."""
+    from hemoseg.training.calibration import GRID, MIN_IMAGES, _counts, _dice
+
+    z, t = logits.permute(0, 2, 3, 1).reshape(-1, c), target.reshape(-1)
+    images_with = torch.stack([(target == j).flatten(1).any(1).sum() for j in range(1, c)])
+    present = images_with > 0
+    fitted = (torch.nonzero(images_with >= MIN_IMAGES).flatten() + 1).tolist()
+
+    def score(o):
+        tp, fp, fn = _counts((z + o).argmax(1), t, c)[1:].unbind(-1)
+        return float(_dice(tp, fp, fn)[present].mean())
+
+    off = torch.zeros(c)
+    best = score(off)
+    changed = True
+    while changed:
+        changed = False
+        for ch in fitted:
+            for g in GRID.tolist():
+                trial = off.clone()
+                trial[ch] = g
+                s = score(trial)
+                if s > best + 1e-4:
+                    best, off, changed = s, trial, True
+    return off.tolist(), best
+
+
+@pytest.mark.parametrize("seed,noise", [(0, 1.0), (1, 2.5), (2, 6.0)])
+def test_one_pass_sweep_finds_what_the_grid_value_by_value_search_finds(seed, noise):
+    g = torch.Generator().manual_seed(seed)
+    target = torch.zeros(8, 32, 32, dtype=torch.long)
+    for c, (a, b) in enumerate([(2, 12), (8, 20), (16, 30), (24, 31)], start=1):
+        target[:, a:b, a // 2:b] = c
+    target[5] = 0  # an image without lesions
+    logits = 2.0 * torch.nn.functional.one_hot(target, 5).permute(0, 3, 1, 2).float()
+    logits += noise * torch.randn(logits.shape, generator=g) + torch.tensor([1.0, 0.5, -1.0, 2.0, -0.5]).view(1, 5, 1, 1)
+    want_off, want_dice = _reference_softmax_fit(logits, target, 5)
+    got = fit_offsets(logits, target, "multiclass", 4)
+    assert got.values == [round(v, 4) for v in want_off]
+    assert abs(got.dice_after - want_dice) < 1e-9

@@ -102,23 +102,60 @@ def _fit_softmax(logits: torch.Tensor, target: torch.Tensor, k: int) -> Offsets:
     amb = (top2[:, 0] - top2[:, 1]) <= 2 * float(GRID.abs().max())
     sure = _counts(z[~amb].argmax(1), t[~amb], c)
     za, ta = z[amb], t[amb]
+    n_true = sure[:, 0] + sure[:, 2] + torch.bincount(ta, minlength=c).double()  # TP + FN = pixels of the class
 
-    def score(o: torch.Tensor) -> float:
-        tp, fp, fn = (sure + _counts((za + o).argmax(1), ta, c))[1:].unbind(-1)
-        return float(_dice(tp, fp, fn)[present].mean())
+    def mean_dice(tp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+        """Mean Dice over the present classes; the last axis is the class."""
+        return _dice(tp, fp, n_true - tp)[..., 1:][..., present].mean(-1)
 
-    before = best = score(off)
+    counts = sure + _counts((za + off).argmax(1), ta, c)
+    before = best = float(mean_dice(counts[:, 0], counts[:, 1]))
     changed = True
     while changed:  # every accepted move gains > 1e-4 of a score <= 1, so this ends
         changed = False
         for ch in fitted.tolist():
-            for g in GRID.tolist():
-                trial = off.clone()
-                trial[ch] = g
-                s = score(trial)
+            scores = _sweep(za, ta, off, ch, sure, mean_dice)
+            for g, s in zip(GRID.tolist(), scores.tolist()):  # the order a one-by-one search would take
                 if s > best + 1e-4:
-                    best, off, changed = s, trial, True
+                    best, changed = s, True
+                    off = off.clone()
+                    off[ch] = g
     return Offsets([round(v, 4) for v in off.tolist()], before, best)
+
+
+def _sweep(z: torch.Tensor, t: torch.Tensor, off: torch.Tensor, ch: int, sure: torch.Tensor, mean_dice) -> torch.Tensor:
+    """Mean Dice for every grid value of channel `ch`'s offset, the others fixed, in one pass.
+
+    With the other offsets fixed, a pixel is labelled `ch` exactly when its offset g
+    beats d = max over the other channels of (z + offset) minus z[ch] (ties go to the
+    lower index, as argmax does), and otherwise keeps the label `a` of that maximum.
+    So each pixel switches from `a` to `ch` at one grid position, and the counts for
+    all 33 grid values are cumulative sums of one histogram over (position, a, truth):
+    one pass over the pixels instead of one per grid value (the search took 150 s on 2
+    cores for a barely trained demo model, whose pixels are nearly all ambiguous)."""
+    c = z.shape[1]
+    others = z.double() + off.double()
+    zc = z[:, ch].double()
+    others[:, ch] = -torch.inf
+    m, a = others.max(1)
+    d = m - zc
+    grid = GRID.double()
+    first = torch.where(torch.tensor(ch) < a, torch.searchsorted(grid, d, right=False),
+                        torch.searchsorted(grid, d, right=True))  # first grid index where ch wins
+    n_grid = len(grid)
+    hist = torch.bincount((first * c + a) * c + t, minlength=(n_grid + 1) * c * c).view(n_grid + 1, c, c)
+    switched = hist[:n_grid].cumsum(0).double()  # [grid, a, truth]: pixels labelled ch instead of a
+    base = sure + _counts(a, t, c)  # everything labelled as if ch never won
+    tp = base[:, 0].expand(n_grid, c).clone()
+    fp = base[:, 1].expand(n_grid, c).clone()
+    idx = torch.arange(c)
+    lost_tp = switched[:, idx, idx]  # pixels a == truth that went to ch
+    lost_all = switched.sum(2)
+    tp -= lost_tp
+    fp -= lost_all - lost_tp
+    tp[:, ch] += switched[:, :, ch].sum(1)
+    fp[:, ch] += switched.sum((1, 2)) - switched[:, :, ch].sum(1)
+    return mean_dice(tp, fp)
 
 
 def _counts(pred: torch.Tensor, t: torch.Tensor, c: int) -> torch.Tensor:
