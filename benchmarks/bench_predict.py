@@ -228,13 +228,13 @@ def child_torch(args) -> dict:
     pred = Predictor.from_run(Path(args.run), backend="torch", device="cpu")
     prep = pred.preprocessing
     display = pred.to_display(study.pixels, study.is_hu)
-    x = prep.normalize(np.stack([prep.resize_image(s) for s in display]))[:, None]
+    x = prep.normalize(np.stack([prep.resize_image(s) for s in display]))  # (Z, C, S, S)
     bs = pred.batch_size
 
     from monai.networks.nets import AttentionUnet
 
     w = args.width
-    monai_net = AttentionUnet(spatial_dims=2, in_channels=1, out_channels=len(pred.class_names) + 1,
+    monai_net = AttentionUnet(spatial_dims=2, in_channels=x.shape[1], out_channels=len(pred.class_names) + 1,
                               channels=tuple(w * 2 ** i for i in range(5)), strides=(2, 2, 2, 2)).eval()
 
     @torch.inference_mode()
@@ -279,7 +279,7 @@ def child_onnx_network(args) -> dict:
     pred = Predictor.from_run(Path(args.run), backend="onnx")
     prep = pred.preprocessing
     display = pred.to_display(study.pixels, study.is_hu)
-    x = prep.normalize(np.stack([prep.resize_image(s) for s in display]))[:, None]
+    x = prep.normalize(np.stack([prep.resize_image(s) for s in display]))  # (Z, C, S, S)
     bs = pred.batch_size
 
     def forward():
