@@ -194,19 +194,17 @@ def montage_slices(labels: np.ndarray, max_panels: int = 12) -> list[int]:
     return sorted(picks)
 
 
-_FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX, as in the overlays' legend
-
-
 def _text_width(text: str, scale: float) -> int:
     import cv2
 
-    return cv2.getTextSize(text, _FONT, scale, 1)[0][0]
+    return cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]
 
 
 def _put_centred(canvas: np.ndarray, text: str, cx: int, baseline: int, scale: float, rgb) -> None:
     import cv2
 
-    cv2.putText(canvas, text, (cx - _text_width(text, scale) // 2, baseline), _FONT, scale, rgb, 1, cv2.LINE_AA)
+    x = cx - _text_width(text, scale) // 2
+    cv2.putText(canvas, text, (x, baseline), cv2.FONT_HERSHEY_SIMPLEX, scale, rgb, 1, cv2.LINE_AA)
 
 
 def _wrapped(text: str, scale: float, width: int) -> list[str]:
@@ -271,7 +269,7 @@ def write_montage(display: np.ndarray, labels: np.ndarray, class_names: list[str
         r, c = divmod(i, lcols)
         x, yy = lx0 + c * entry, y + r * 20
         cv2.rectangle(canvas, (x, yy + 3), (x + 16, yy + 15), class_color(i + 1), -1)
-        cv2.putText(canvas, nm, (x + 24, yy + 14), _FONT, 0.45, (30, 30, 30), 1, cv2.LINE_AA)
+        cv2.putText(canvas, nm, (x + 24, yy + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (30, 30, 30), 1, cv2.LINE_AA)
     y += lrows * 20 + gap
     for line in notice:
         _put_centred(canvas, line, width // 2, y + 12, 0.42, (170, 0, 0))
