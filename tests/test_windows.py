@@ -40,6 +40,18 @@ def test_windows_become_channels_with_their_own_statistics():
         Preprocessing(windows=THREE, mean=(0.1, 0.2))
 
 
+@pytest.mark.parametrize("windows", [[[40, 80]], THREE])
+@pytest.mark.parametrize("shape", [(5, 7), (3, 5, 7), (2, 3, 5, 7)])
+def test_normalize_table_lookup_matches_the_arithmetic(windows, shape):
+    """uint8 input goes through a 256-entry table per channel; floats through arithmetic.
+    The two must agree to the bit, at any batch depth."""
+    prep = Preprocessing(windows=windows, mean=(0.1, 0.2, 0.3)[:len(windows)], std=(0.5, 0.25, 0.3)[:len(windows)])
+    disp = np.random.default_rng(3).integers(0, 256, (*shape, len(windows)), dtype=np.uint8)
+    x = prep.normalize(disp)
+    assert x.dtype == np.float32 and x.shape == (*shape[:-2], len(windows), *shape[-2:])
+    np.testing.assert_array_equal(x, prep.normalize(disp.astype(np.float32)))
+
+
 def test_checkpoints_from_before_multi_window_input_still_load():
     old = {"size": 256, "window_center": 40.0, "window_width": 80.0, "mean": 0.2, "std": 0.3}
     prep = Preprocessing.from_dict(old)
