@@ -279,7 +279,9 @@ def _check_transfer_syntax(ds, p: Path, cache: dict):
         raise HemosegError(msg, p)
 
 
-def _decode_hu(ds, p: Path, ts_cache: dict) -> np.ndarray:
+def _decode_hu(ds, p: Path, ts_cache: dict, out: np.ndarray) -> None:
+    """Decode one slice into `out` (float32 HU), a row of the study's volume: no
+    per-slice copies to stack afterwards."""
     _check_transfer_syntax(ds, p, ts_cache)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
@@ -293,11 +295,12 @@ def _decode_hu(ds, p: Path, ts_cache: dict) -> np.ndarray:
     except Exception as exc:
         raise HemosegError(f"pixel data is truncated or corrupt ({type(exc).__name__}: {exc})",
                            p) from None
-    if arr.ndim != 2:
+    if arr.shape != out.shape:
         raise HemosegError(f"unexpected pixel array shape {arr.shape}", p)
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    return arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    np.multiply(arr, np.float32(slope), out=out, casting="unsafe")
+    out += np.float32(intercept)
 
 
 def _float_list(ds, kw, n):
@@ -381,7 +384,9 @@ def read_dicom_series(paths, name: str | None = None, origin: Path | None = None
     images = [images[i] for i in order]
 
     ts_cache: dict = {}
-    pixels = np.stack([_decode_hu(ds, p, ts_cache) for p, ds in images]).astype(np.float32)
+    pixels = np.empty((len(images), *sizes.pop()), np.float32)
+    for (p, ds), row in zip(images, pixels):
+        _decode_hu(ds, p, ts_cache, out=row)
 
     ds0 = images[0][1]
     ps = _float_list(ds0, "PixelSpacing", 2)
