@@ -28,6 +28,7 @@ PyTorch is timed at the default thread count and at 1 thread (see README).
 
     python benchmarks/bench_predict.py                       # ~6-8 min on 2 busy cores
     python benchmarks/bench_predict.py --only pipeline cli   # ~2 min
+    python benchmarks/bench_predict.py --model demo/run      # a trained synthetic-data run instead
     PYTHONPATH=/path/to/other/checkout/src python benchmarks/bench_predict.py  # compare code
 """
 
@@ -53,8 +54,7 @@ STUDY = "synth_001"
 # What `hemoseg predict` imports before it touches a file; timed as start-up.
 STARTUP_IMPORTS = ("import hemoseg.cli.main, hemoseg.cli.predict_cmd, hemoseg.inference.pipeline, "
                    "hemoseg.inference.predictor, hemoseg.inference.outputs, onnxruntime, pydicom, "
-                   "highdicom, nibabel, cv2, scipy.ndimage, matplotlib.figure, "
-                   "matplotlib.backends.backend_agg, tqdm")
+                   "highdicom, nibabel, cv2, scipy.ndimage, tqdm")
 
 
 def med(xs: list[float]) -> float:
@@ -72,13 +72,25 @@ def hemoseg_cmd() -> list[str]:
     return [sys.executable, "-m", "hemoseg"]
 
 
-def prepare(work: Path, width: int, size: int, stem: int) -> tuple[Path, Path]:
-    data, run = work / "synth", work / f"run_w{width}_{size}px_stem{stem}"
+def prepare(work: Path, width: int, size: int, stem: int, model: Path | None = None):
+    """-> (data, run, width, size, stem); a given trained run brings its own geometry."""
+    data, run = work / "synth", model or work / f"run_w{width}_{size}px_stem{stem}"
     study = data / "dicom" / STUDY
     if not study.is_dir():
         subprocess.run(hemoseg_cmd() + ["synth", str(data), "--studies", "1", "--train", "4",
                                         "--valid", "2", "--test", "2", "--force"], check=True,
                        stdout=subprocess.DEVNULL)
+    if model is not None:
+        from hemoseg.data.synth import CLASS_NAMES
+        from hemoseg.training.checkpoint import load_checkpoint
+
+        if not (model / "model.onnx").is_file():
+            sys.exit(f"bench_predict: {model}: no model.onnx (run 'hemoseg export {model}' first)")
+        ckpt = load_checkpoint(model, weights=False)
+        names = list(ckpt.classes.names)
+        if names != [CLASS_NAMES[k] for k in sorted(CLASS_NAMES)]:
+            sys.exit(f"bench_predict: {model}: not trained on hemoseg's synthetic classes ({names})")
+        return data, model, ckpt.model_config.width, ckpt.preprocessing.size, ckpt.model_config.stem
     if not (run / "model.onnx").is_file():
         import torch
 
@@ -100,7 +112,7 @@ def prepare(work: Path, width: int, size: int, stem: int) -> tuple[Path, Path]:
                         "multiclass", Preprocessing(size=size), {"epoch": 0, "note": "untrained"})
         subprocess.run(hemoseg_cmd() + ["export", str(run), "--samples", "2"], check=True,
                        stdout=subprocess.DEVNULL)
-    return data, run
+    return data, run, width, size, stem
 
 
 def truth_labels(data: Path):
@@ -345,6 +357,8 @@ def main() -> None:
     ap.add_argument("--stem", type=int, default=2, help="pooling stem (default preset: 2, so the network runs at 256)")
     ap.add_argument("--only", nargs="*", default=["pipeline", "onnx", "torch", "cli"],
                     choices=["pipeline", "onnx", "torch", "cli"])
+    ap.add_argument("--model", type=Path, help="a trained run on hemoseg's synthetic classes, with "
+                    "model.onnx (default: an untrained model, which labels nearly every pixel)")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
@@ -357,13 +371,15 @@ def main() -> None:
         return
 
     args.work.mkdir(parents=True, exist_ok=True)
-    args.data, args.run = prepare(args.work, args.width, args.size, args.stem)
+    args.data, args.run, args.width, args.size, args.stem = prepare(args.work, args.width, args.size,
+                                                                    args.stem, args.model)
     import platform
 
     result = {
         "machine": {"cpus": len(os.sched_getaffinity(0)), "processor": platform.processor() or
                     platform.machine(), "load_avg_before": [round(v, 2) for v in os.getloadavg()]},
-        "study": "32 slices 512x512 synthetic DICOM", "width": args.width, "size": args.size, "stem": args.stem,
+        "study": "32 slices 512x512 synthetic DICOM", "model": str(args.model or "untrained"),
+        "width": args.width, "size": args.size, "stem": args.stem,
         "repeats": args.repeats,
     }
     if "pipeline" in args.only:
