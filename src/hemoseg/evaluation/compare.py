@@ -1,0 +1,135 @@
+"""Side-by-side table of trained and evaluated runs (`hemoseg compare`).
+
+A researcher's question is rarely "how good is this run" but "is this recipe
+better than that one": paper vs default, gates on vs off. The table reads only
+what `train` and `evaluate` already wrote (summary.json, metrics.json), and says
+when two rows were not scored on the same data, split or TTA setting, because
+then their difference means nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from hemoseg.errors import HemosegError
+from hemoseg.training.config import PRESETS, TrainConfig
+
+# Fields that say how a run was executed, not what recipe it is.
+_NOT_RECIPE = {"seed", "workers", "device_augment", "compile", "amp", "max_minutes", "init"}
+_SCORED_ON = ("dataset", "split", "tta", "mode")
+
+
+@dataclass
+class Row:
+    name: str
+    summary: dict
+    metrics: dict
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise HemosegError("not found", path) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HemosegError(f"is not a readable JSON file ({type(exc).__name__})", path) from None
+    if not isinstance(doc, dict):
+        raise HemosegError("is not a JSON object", path)
+    return doc
+
+
+def load_row(path: Path, split: str) -> Row:
+    """A run folder (its eval-SPLIT folder is used) or an evaluation folder."""
+    path = Path(path)
+    if not path.is_dir():
+        raise HemosegError("is not a run or evaluation folder", path)
+    if (path / "metrics.json").is_file():
+        metrics = _read_json(path / "metrics.json")
+        run = path.parent if (path.parent / "summary.json").is_file() else None
+    elif (path / "summary.json").is_file():
+        run, ev = path, path / f"eval-{split}" / "metrics.json"
+        if not ev.is_file():
+            raise HemosegError(f"has no eval-{split}/metrics.json (run 'hemoseg evaluate {path} DATASET "
+                               f"--split {split}' first)", path)
+        metrics = _read_json(ev)
+    else:
+        raise HemosegError("holds neither summary.json (a run) nor metrics.json (an evaluation)", path)
+    summary = _read_json(run / "summary.json") if run is not None else {}
+    if not isinstance(metrics.get("per_class"), dict) or "dice_pooled_mean" not in metrics:
+        raise HemosegError("metrics.json was not written by 'hemoseg evaluate'", path)
+    return Row(str(path), summary, metrics)
+
+
+def describe_recipe(train_config: dict | None) -> str:
+    """The nearest preset and the recipe fields that differ from it."""
+    if not train_config:
+        return "unknown (no summary.json)"
+    cfg = TrainConfig.from_dict(train_config).to_dict()
+    best = None
+    for name, preset in PRESETS.items():
+        diff = {k: v for k, v in cfg.items() if k not in _NOT_RECIPE and preset.to_dict()[k] != v}
+        if best is None or len(diff) < len(best[1]):
+            best = (name, diff)
+    name, diff = best
+    return name + "".join(f" {k}={v}" for k, v in diff.items())
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
+    classes: list[str] = []
+    for r in rows:
+        classes += [c for c in r.metrics["per_class"] if c not in classes]
+    header = ["run", "recipe", "parameters", "epochs", "train min", "best val Dice", "split",
+              "Dice pooled", "Dice per image", "paper-style Dice", "IoU", "HD95 px",
+              "sensitivity", "specificity"] + [f"Dice {c}" for c in classes]
+    body = []
+    for r in rows:
+        s, m = r.summary, r.metrics
+        det = m.get("detection") or {}
+        minutes = s.get("train_seconds")
+        val = s.get("best_val_dice")  # before calibration, which is fitted on validation itself
+        body.append([r.name, describe_recipe(s.get("train_config")), _fmt(s.get("parameters")),
+                     _fmt(s.get("epochs_run")), _fmt(None if minutes is None else minutes / 60, 1), _fmt(val),
+                     f"{m.get('split', '?')}{' +TTA' if m.get('tta') else ''}",
+                     _fmt(m.get("dice_pooled_mean")), _fmt(m.get("dice_per_image")),
+                     _fmt(m.get("dice_paper_style")), _fmt(m.get("iou_pooled_mean")),
+                     _fmt(m.get("hd95_px_mean"), 1), _fmt(det.get("sensitivity")), _fmt(det.get("specificity"))]
+                    + [_fmt((m["per_class"].get(c) or {}).get("dice")) if c in m["per_class"] else "-"
+                       for c in classes])
+    return header, body
+
+
+def mismatches(rows: list[Row]) -> list[str]:
+    """Why two rows may not be comparable, one line each."""
+    notes = []
+    for key in _SCORED_ON:
+        values = {json.dumps(r.metrics.get(key)) for r in rows}
+        if len(values) > 1:
+            notes.append(f"rows differ in {key} ({', '.join(sorted(values))}): their scores are not comparable")
+    return notes
+
+
+def markdown(header: list[str], body: list[list[str]]) -> str:
+    esc = lambda s: s.replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(esc, row)) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def csv_text(header: list[str], body: list[list[str]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(body)
+    return buf.getvalue()
