@@ -110,6 +110,9 @@ def main(argv=None) -> int:
     ap.add_argument("--slices", type=int, default=16)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--timeout", type=float, default=180)
+    ap.add_argument("--settle", type=float, default=0.0, metavar="S",
+                    help="wait S seconds after /health first answers before the first wave (a person "
+                         "opening the viewer takes that long to pick a study; the server warms up meanwhile)")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (server log)")
     args = ap.parse_args(argv)
@@ -139,6 +142,7 @@ def main(argv=None) -> int:
                 print((tmp / "server.log").read_text(), file=sys.stderr)
                 raise SystemExit("server did not start")
             time.sleep(0.2)
+        time.sleep(args.settle)
         result["rss_start_mb"] = rss_mb(proc.pid)
         print(f"server pid {proc.pid} on {url}; study zip {len(data) / 1e6:.2f} MB "
               f"({args.slices} slices {args.size}x{args.size}); RSS {result['rss_start_mb']:.0f} MB")

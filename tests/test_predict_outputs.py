@@ -323,3 +323,25 @@ def test_cli_uses_predictor_from_run(tmp_path, capsys, monkeypatch, run_dir):
     assert seen == {"run": str(run_dir), "backend": "onnx"}
     rep = json.loads((tmp_path / "out" / "a" / "report.json").read_text())
     assert rep["model"]["tta"] is True and rep["model"]["run"] == str(run_dir)
+
+
+def test_warm_up_runs_the_network_once_on_a_blank_batch_and_never_raises():
+    from types import SimpleNamespace
+
+    from hemoseg.data.preprocessing import Preprocessing
+    from hemoseg.inference.pipeline import warm_up
+
+    seen = []
+
+    class Probe:
+        preprocessing = Preprocessing(size=32, windows=[(40, 80), (80, 200)], mean=(0.2, 0.3), std=(0.3, 0.3))
+        batch_size = 3
+
+        def probabilities(self, display, tta=False):
+            seen.append((display.shape, display.dtype, int(display.max()), tta))
+            raise RuntimeError("a failing network must not take the caller down")
+
+    warm_up(Probe())
+    assert seen == [((3, 32, 32, 2), np.dtype(np.uint8), 0, False)]
+    warm_up(SimpleNamespace(predict_volume=lambda *a, **k: None))  # no probabilities(): libraries only
+    warm_up()

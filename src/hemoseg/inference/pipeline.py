@@ -190,11 +190,14 @@ def _short(rep: dict) -> str:
     return f'{rep["study"]}: {found}'
 
 
-def _warm_writers() -> None:
-    """Import the writers' libraries and parse highdicom's tables of the DICOM standard
-    while the model loads and runs (ONNX Runtime releases the GIL as it computes): about a
-    second of one-time cost that the first study of a process would otherwise pay after
-    inference. Only a head start: each writer still imports what it needs."""
+def warm_up(predictor=None) -> None:
+    """Pay a process's one-time costs before its first study needs them: import the
+    writers' libraries and parse highdicom's tables of the DICOM standard (about a
+    second on 2 cores), and, given a predictor, run the network once on a blank batch
+    (first-call allocations, ~0.4 s). `predict` runs it beside model loading and
+    inference (ONNX Runtime releases the GIL as it computes); a server runs it at
+    start, so its first job is as fast as the rest. Never raises: a failed warm-up
+    only means the first study pays instead."""
     try:
         import nibabel  # noqa: F401
         import scipy.ndimage  # noqa: F401
@@ -202,6 +205,13 @@ def _warm_writers() -> None:
 
         standard.get_sop_class_iod_map(), standard.get_iod_module_map(), standard.get_module_attribute_map()
     except Exception:  # a private highdicom helper moved: the writers pay the cost instead
+        pass
+    if predictor is None or not hasattr(predictor, "probabilities"):
+        return
+    try:
+        prep = predictor.preprocessing
+        predictor.probabilities(np.zeros((predictor.batch_size, prep.size, prep.size, prep.channels), np.uint8))
+    except Exception:
         pass
 
 
@@ -228,7 +238,7 @@ def run_batch(predictor, inputs, out_dir, *, tta: bool = False, force: bool = Fa
         batch.results.append(StudyResult(name=None, origin=path, error=line))
     if not items:
         return batch
-    threading.Thread(target=_warm_writers, name="hemoseg-warm", daemon=True).start()
+    threading.Thread(target=warm_up, name="hemoseg-warm", daemon=True).start()
     if not hasattr(predictor, "predict_volume") and callable(predictor):
         predictor = predictor()
     if model is not None and getattr(predictor, "backend", None):

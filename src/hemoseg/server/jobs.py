@@ -139,6 +139,10 @@ class JobManager:
         t = threading.Thread(target=self._janitor, name="hemoseg-janitor", daemon=True)
         t.start()
         self._threads.append(t)
+        if self._predictor is not None:  # a loaded model: make the first job as fast as the rest
+            from hemoseg.inference.pipeline import warm_up
+
+            threading.Thread(target=warm_up, args=(self._predictor,), name="hemoseg-warm", daemon=True).start()
 
     def stop(self, timeout: float = 5.0) -> None:
         with self._wake:
