@@ -118,3 +118,21 @@ def write_png(path: Path, img: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(img.astype(np.uint8)).save(path)
     return path
+
+
+def transcode(path: Path, transfer_syntax: str) -> None:
+    """Re-encode a DICOM file in place with GDCM (pydicom cannot encode JPEG Lossless)."""
+    import gdcm
+
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(path))
+    assert reader.Read(), path
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.GetTSType(str(transfer_syntax))))
+    change.SetInput(reader.GetImage())
+    assert change.Change(), transfer_syntax
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(path))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    assert writer.Write(), path
