@@ -136,3 +136,22 @@ def transcode(path: Path, transfer_syntax: str) -> None:
     writer.SetFile(reader.GetFile())
     writer.SetImage(change.GetOutput())
     assert writer.Write(), path
+
+
+def enhanced_ct(files: list[tuple[Path, str]], path: Path, reverse: bool = True) -> Path:
+    """One multi-frame (Legacy Converted Enhanced CT) file from a single-frame series,
+    frames superior-first when `reverse`, so readers cannot rely on file order."""
+    import warnings
+
+    import highdicom as hd
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    dss = [pydicom.dcmread(p) for p, _ in (files[::-1] if reverse else files)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # highdicom notes a FrameType it cannot infer
+        mf = hd.legacy.LegacyConvertedEnhancedCTImage(dss, series_instance_uid=generate_uid(), series_number=3,
+                                                       sop_instance_uid=generate_uid(), instance_number=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mf.save_as(path)
+    return path

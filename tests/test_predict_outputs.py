@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
-from predict_fixtures import FakePredictor, ct_volume, write_ct_series, write_png
+from predict_fixtures import FakePredictor, ct_volume, enhanced_ct, write_ct_series, write_png
 
 from hemoseg import RESEARCH_NOTICE
 from hemoseg.inference import intracranial
@@ -113,6 +113,33 @@ def test_dicom_series_end_to_end(tmp_path, capsys, fake, run_dir):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"] == {"studies": 1, "failed": 0}
     assert summary["studies"][0]["volumes_ml"] == {"Intraparenchymal hemorrhage": pytest.approx(BLOB_ML)}
+
+
+def test_multiframe_dicom_seg_references_the_right_frames(tmp_path, capsys, fake, run_dir):
+    import highdicom as hd
+
+    vol = ct_volume()
+    mf = enhanced_ct(write_ct_series(tmp_path / "series", vol), tmp_path / "in" / "ct.dcm")
+    out = tmp_path / "out"
+    rc, stdout, err = predict(capsys, run_dir, mf, "--out", out)
+    assert rc == 0, err
+    assert "ct: Intraparenchymal hemorrhage 0.23 mL" in stdout
+    expected = ((vol >= 50) & (vol <= 90)).astype(np.uint8)
+    masks = np.stack([np.asarray(Image.open(out / "ct" / "masks" / f"slice_{z:04d}.png")) for z in range(6)])
+    np.testing.assert_array_equal(masks, expected)  # slice 0 is still the inferior one
+    seg = hd.seg.segread(out / "ct" / "seg.dcm")
+    source = hd.imread(mf)
+    assert {u[2] for u in seg.get_source_image_uids()} == {source.SOPInstanceUID}
+    # frames are stored superior-first: file frame f holds slice 5 - f (0-based)
+    for f in seg.PerFrameFunctionalGroupsSequence:
+        frame = int(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
+        z = 6 - frame
+        assert f.PlanePositionSequence[0].ImagePositionPatient == \
+            source.PerFrameFunctionalGroupsSequence[frame - 1].PlanePositionSequence[0].ImagePositionPatient
+        px = seg.get_pixels_by_source_frame(source.SOPInstanceUID, [frame], segment_numbers=[1])
+        np.testing.assert_array_equal(px[0, :, :, 0], expected[z])
+    assert sorted(6 - int(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
+                  for f in seg.PerFrameFunctionalGroupsSequence) == [1, 2, 3]
 
 
 def test_nifti_output_keeps_input_geometry(tmp_path, capsys, fake, run_dir):

@@ -9,7 +9,7 @@ import math
 import nibabel as nib
 import numpy as np
 import pytest
-from predict_fixtures import ct_volume, transcode, write_ct_series, write_png
+from predict_fixtures import ct_volume, enhanced_ct, transcode, write_ct_series, write_png
 
 from hemoseg.errors import HemosegError
 from hemoseg.inference.readers import (discover, labels_to_nifti_array, load_study,
@@ -100,6 +100,32 @@ def test_dicom_lossless_jpeg_family_decodes_exactly(tmp_path, uid, signed):
         assert pydicom.dcmread(p).file_meta.TransferSyntaxUID == uid
     assert vol.min() < 0
     np.testing.assert_array_equal(read_dicom_series(_paths(files)).pixels, vol)
+
+
+def test_multiframe_enhanced_ct_reads_like_its_single_frame_series(tmp_path):
+    """Geometry and rescale live in functional groups; frames are stored superior-first."""
+    vol = ct_volume(z=5)
+    files = write_ct_series(tmp_path / "s", vol, slope=0.5)
+    single = read_dicom_series(_paths(files))
+    mf = enhanced_ct(files, tmp_path / "mf" / "ct.dcm")
+    study = read_dicom_series([mf])
+    np.testing.assert_array_equal(study.pixels, single.pixels)
+    assert study.spacing == single.spacing == (2.5, 0.5, 0.5) and not study.warnings
+    np.testing.assert_allclose(study.affine, single.affine)
+    assert study.dicom_frames == [4, 3, 2, 1, 0]  # slice 0 (inferior) is the file's last frame
+    assert study.slice_sources[0] == "ct.dcm frame 5" and study.source_paths == [mf] * 5
+    assert load_study(discover([mf])[0][0]).shape == (5, *vol.shape[1:])  # a single file is a study
+
+
+def test_multiframe_file_inside_a_series_is_refused(tmp_path):
+    import pydicom
+
+    files = write_ct_series(tmp_path / "s", ct_volume(z=3))
+    mf = pydicom.dcmread(enhanced_ct(files, tmp_path / "s" / "zz_mf.dcm"))
+    mf.SeriesInstanceUID = pydicom.dcmread(files[0][0]).SeriesInstanceUID  # the same series, twice over
+    mf.save_as(tmp_path / "s" / "zz_mf.dcm")
+    with pytest.raises(HemosegError, match=r"zz_mf.dcm: a multi-frame DICOM \(3 frames\) among 4 files"):
+        read_dicom_series(sorted((tmp_path / "s").iterdir()))
 
 
 def _retag(path, uid, payload=b"\xff\xd8\xff\xd9"):

@@ -343,8 +343,13 @@ def write_dicom_seg(labels: np.ndarray, study, class_names: list[str], path: Pat
     segment_of = np.zeros(256, np.uint8)
     segment_of[present] = np.arange(1, len(present) + 1)
     mask = segment_of[labels]
+    sources = study.dicom
+    if study.dicom_frames is not None:  # one multi-frame source: its frames in file order
+        sources, in_file_order = study.dicom[:1], np.empty_like(mask)
+        in_file_order[np.asarray(study.dicom_frames)] = mask
+        mask = in_file_order
     seg = Segmentation(
-        source_images=study.dicom,
+        source_images=sources,
         pixel_array=mask,
         segmentation_type=SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,

@@ -279,14 +279,9 @@ def _check_transfer_syntax(ds, p: Path, cache: dict):
         raise HemosegError(msg, p)
 
 
-def _decode_hu(ds, p: Path, ts_cache: dict, out: np.ndarray) -> None:
-    """Decode one slice into `out` (float32 HU), a row of the study's volume: no
-    per-slice copies to stack afterwards."""
+def _decode(ds, p: Path, ts_cache: dict, shape: tuple) -> np.ndarray:
+    """The stored values of one file: (H, W), or (frames, H, W) for multi-frame."""
     _check_transfer_syntax(ds, p, ts_cache)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise HemosegError(f"multi-frame DICOM ({frames} frames) is not supported; "
-                           "export the series as single-frame images", p)
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
     if spp != 1:
         raise HemosegError("is a colour image; hemoseg needs greyscale CT slices", p)
@@ -295,12 +290,49 @@ def _decode_hu(ds, p: Path, ts_cache: dict, out: np.ndarray) -> None:
     except Exception as exc:
         raise HemosegError(f"pixel data is truncated or corrupt ({type(exc).__name__}: {exc})",
                            p) from None
-    if arr.shape != out.shape:
+    if arr.shape != shape:
         raise HemosegError(f"unexpected pixel array shape {arr.shape}", p)
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    np.multiply(arr, np.float32(slope), out=out, casting="unsafe")
+    return arr
+
+
+def _to_hu(stored: np.ndarray, header, out: np.ndarray) -> None:
+    """Rescale stored values into `out` (float32 HU), a row of the study's volume:
+    no per-slice copies to stack afterwards."""
+    slope = float(header.get("RescaleSlope", 1) or 1)
+    intercept = float(header.get("RescaleIntercept", 0) or 0)
+    np.multiply(stored, np.float32(slope), out=out, casting="unsafe")
     out += np.float32(intercept)
+
+
+def _frame_headers(ds, p: Path) -> list:
+    """Enhanced (multi-frame) CT keeps each frame's geometry and rescale in functional
+    groups. Lift them into one plain header per frame, so the ordering, spacing and
+    HU logic of single-frame series applies unchanged."""
+    from pydicom.dataset import Dataset
+
+    n = int(ds.get("NumberOfFrames", 1) or 1)
+    shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    if per_frame and len(per_frame) != n:
+        raise HemosegError(f"has {len(per_frame)} per-frame headers for {n} frames", p)
+    where = {"ImagePositionPatient": "PlanePositionSequence",
+             "ImageOrientationPatient": "PlaneOrientationSequence",
+             "PixelSpacing": "PixelMeasuresSequence", "SliceThickness": "PixelMeasuresSequence",
+             "SpacingBetweenSlices": "PixelMeasuresSequence",
+             "RescaleSlope": "PixelValueTransformationSequence",
+             "RescaleIntercept": "PixelValueTransformationSequence"}
+    headers = []
+    for i in range(n):
+        groups = [g for g in ((per_frame[i] if per_frame else None), shared) if g is not None]
+        h = Dataset()
+        for kw, seq_kw in where.items():
+            value = next((g[seq_kw][0].get(kw) for g in groups
+                          if g.get(seq_kw) and kw in g[seq_kw][0]), ds.get(kw))
+            if value is not None:
+                setattr(h, kw, value)
+        h.InstanceNumber = i + 1
+        headers.append(h)
+    return headers
 
 
 def _float_list(ds, kw, n):
@@ -378,15 +410,28 @@ def read_dicom_series(paths, name: str | None = None, origin: Path | None = None
         raise HemosegError(f"slices have different sizes ({sorted(sizes)}); "
                            "not one consistent series", origin)
 
+    ts_cache: dict = {}
+    shape = sizes.pop()
+    frames = [int(ds.get("NumberOfFrames", 1) or 1) for _, ds in images]
+    if max(frames) > 1 and len(images) > 1:
+        p = next(p for (p, _), f in zip(images, frames) if f > 1)
+        raise HemosegError(f"a multi-frame DICOM ({max(frames)} frames) among {len(images)} files "
+                           "of one series; give the multi-frame file on its own", p)
+    multiframe = len(images) == 1 and (frames[0] > 1 or "PerFrameFunctionalGroupsSequence" in images[0][1])
+    if multiframe:  # one file holds the whole stack (Enhanced CT and similar)
+        mf_path, mf_ds = images[0]
+        stored = _decode(mf_ds, mf_path, ts_cache, (frames[0], *shape) if frames[0] > 1 else shape)
+        stored = stored.reshape(frames[0], *shape)
+        images = [(mf_path.with_name(f"{mf_path.name} frame {i + 1}"), h)
+                  for i, h in enumerate(_frame_headers(mf_ds, mf_path))]
     order, slice_spacing, affine, ordering_warn = _order_slices(images, origin)
     if ordering_warn:
         warnings.append(ordering_warn)
     images = [images[i] for i in order]
 
-    ts_cache: dict = {}
-    pixels = np.empty((len(images), *sizes.pop()), np.float32)
-    for (p, ds), row in zip(images, pixels):
-        _decode_hu(ds, p, ts_cache, out=row)
+    pixels = np.empty((len(images), *shape), np.float32)
+    for k, ((p, ds), row) in enumerate(zip(images, pixels)):
+        _to_hu(stored[order[k]] if multiframe else _decode(ds, p, ts_cache, shape), ds, row)
 
     ds0 = images[0][1]
     ps = _float_list(ds0, "PixelSpacing", 2)
@@ -407,7 +452,9 @@ def read_dicom_series(paths, name: str | None = None, origin: Path | None = None
 
     return Study(
         name=name, pixels=pixels, is_hu=True, spacing=spacing, source="dicom",
-        source_paths=[p for p, _ in images], dicom=[ds for _, ds in images], affine=affine,
+        source_paths=[mf_path] * len(images) if multiframe else [p for p, _ in images],
+        dicom=[mf_ds] * len(images) if multiframe else [ds for _, ds in images],
+        dicom_frames=list(order) if multiframe else None, affine=affine,
         slice_sources=[p.name for p, _ in images], warnings=warnings,
     )
 

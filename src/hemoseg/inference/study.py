@@ -30,7 +30,10 @@ class Study:
     """(Z, H, W, 3) uint8 for colour image input whose channels differ (a
     multi-window export: one CT window per channel); `pixels` is its luminance."""
     dicom: list | None = None
-    """Sorted pydicom Datasets, parallel to the Z axis (for DICOM SEG)."""
+    """Sorted pydicom Datasets, parallel to the Z axis (for DICOM SEG). A multi-frame
+    source appears once per slice, with its frame in `dicom_frames`."""
+    dicom_frames: list[int] | None = None
+    """Multi-frame source only: the frame (0-based, file order) each slice came from."""
     affine: np.ndarray | None = None
     """4x4 voxel -> RAS mm for the NIfTI label output. For DICOM input it maps
     the (W, H, Z) transpose of `pixels`; for NIfTI input it is the input file's
@@ -54,6 +57,8 @@ class Study:
             raise ValueError("Study.colour must match Study.pixels slice for slice")
         if self.dicom is not None and len(self.dicom) != self.pixels.shape[0]:
             raise ValueError("Study.dicom must hold one dataset per slice")
+        if self.dicom_frames is not None and sorted(self.dicom_frames) != list(range(self.pixels.shape[0])):
+            raise ValueError("Study.dicom_frames must name each source frame once")
 
     @property
     def shape(self) -> tuple[int, int, int]:
