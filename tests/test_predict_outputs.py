@@ -372,3 +372,32 @@ def test_warm_up_runs_the_network_once_on_a_blank_batch_and_never_raises():
     assert seen == [((3, 32, 32, 2), np.dtype(np.uint8), 0, False)]
     warm_up(SimpleNamespace(predict_volume=lambda *a, **k: None))  # no probabilities(): libraries only
     warm_up()
+
+
+def test_predict_process_leaves_early_with_every_output_written(tmp_path):
+    """`hemoseg predict` skips interpreter teardown (cli.main.entry): its files, its
+    stdout and its exit status must all be complete anyway."""
+    import os
+    import subprocess
+    import sys
+
+    from hemoseg.server.testing import make_tiny_run
+
+    run = make_tiny_run(tmp_path / "run")
+    write_ct_series(tmp_path / "in" / "s1", ct_volume())
+    write_png(tmp_path / "in" / "broken.png", np.zeros((8, 8)))
+    (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a pipe is block-buffered
+    p = subprocess.run([sys.executable, "-m", "hemoseg", "predict", str(run), str(tmp_path / "in"), "--out", str(out)],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 1, p.stderr  # one study written, one input failed
+    assert p.stdout.rstrip().endswith(f"hemoseg: 1 study(ies) written to {out}, 1 failed. {RESEARCH_NOTICE}")
+    assert "broken.png" in p.stderr and "Traceback" not in p.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"] == {"studies": 1, "failed": 1}
+    rep = json.loads((out / "s1" / "report.json").read_text())
+    assert len(rep["slices"]) == 6
+    if rep["files"]["dicom_seg"]:
+        assert (out / "s1" / "seg.dcm").stat().st_size > 0
+    assert nib.load(str(out / "s1" / "labels.nii.gz")).shape[2] == 6

@@ -1,3 +1,3 @@
-from hemoseg.cli.main import main
+from hemoseg.cli.main import entry
 
-raise SystemExit(main())
+entry()

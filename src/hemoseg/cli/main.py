@@ -34,6 +34,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands whose process ends once its files are written and closed. Tearing the
+# interpreter down after `predict` (freeing ~800 modules' objects, highdicom's parsed
+# tables of the DICOM standard among them) took 0.6-0.9 s of every run on 2 cores.
+SKIP_TEARDOWN = {"predict"}
+
+
+def entry() -> None:
+    """The `hemoseg` executable (and `python -m hemoseg`): main(), then exit.
+
+    main() stays an ordinary function for tests and embedding; only a process that
+    was started for a SKIP_TEARDOWN command leaves through os._exit, after flushing."""
+    code = main()
+    if next((a for a in sys.argv[1:] if not a.startswith("-")), None) in SKIP_TEARDOWN:
+        import logging
+
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe: nothing left to say
+                pass
+        os._exit(code)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
