@@ -1,5 +1,6 @@
-"""`hemoseg data check` and `hemoseg data stats`: look at an export before
-training on it. Both only read the dataset."""
+"""`hemoseg data check` and `hemoseg data stats`: look at an export before training on
+it (both only read the dataset); `hemoseg data from-nifti`: make one from CT and label
+volumes (data/from_volumes.py)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,28 @@ def register(sub):
                    help="y axis of the class-distribution chart; auto picks log when classes are "
                         "heavily imbalanced (default auto)")
     s.set_defaults(func=_stats)
+
+    v = dsub.add_parser(
+        "from-nifti", help="CT + label volumes (NIfTI) -> a COCO export to train on",
+        description="Convert IMAGES/<name>.nii[.gz] CT volumes (Hounsfield units) with LABELS/<name>.nii[.gz] "
+                    "label volumes, as public hemorrhage datasets ship them, into train/valid/test COCO "
+                    "splits. Split by volume (patient), seeded; slices windowed as 'predict' windows DICOM; "
+                    "masks as exact RLE. A pair that cannot be converted is reported and skipped "
+                    "(exit status 1); the inputs are only read.")
+    v.add_argument("images", type=Path, metavar="IMAGES", help="folder of CT volumes")
+    v.add_argument("labels", type=Path, metavar="LABELS", help="folder of label volumes, same file names")
+    v.add_argument("--out", type=Path, required=True, metavar="DIR", help="new dataset folder")
+    v.add_argument("--classes", required=True, metavar="V=NAME,...",
+                   help="label value = class name, e.g. '1=Epidural hemorrhage,2=Intraparenchymal hemorrhage'")
+    v.add_argument("--windows", default="brain", metavar="W[,W,W]",
+                   help="one window (gray PNG) or three (one per R, G, B): names or L/W pairs (default brain)")
+    v.add_argument("--valid", type=float, default=0.1, help="share of volumes for validation (default 0.1)")
+    v.add_argument("--test", type=float, default=0.1, help="share of volumes for test (default 0.1)")
+    v.add_argument("--negatives", type=float, default=0.25,
+                   help="share of label-free slices through the head to keep (default 0.25)")
+    v.add_argument("--seed", type=int, default=0, help="seed for the split and the negatives (default 0)")
+    v.add_argument("--force", action="store_true", help="replace --out if it exists")
+    v.set_defaults(func=_from_nifti)
 
 
 def _check(args) -> int:
@@ -93,8 +116,45 @@ def _stats(args) -> int:
     return 0
 
 
+def parse_classes(spec: str) -> dict[int, str]:
+    classes = {}
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        value, sep, name = part.partition("=")
+        if not sep or not value.strip().isdigit() or not name.strip():
+            raise HemosegError(f"--classes: '{part}' is not VALUE=NAME (e.g. '1=Epidural hemorrhage')")
+        if int(value) in classes:
+            raise HemosegError(f"--classes: label value {int(value)} is named twice")
+        classes[int(value)] = name.strip()
+    if len(set(classes.values())) != len(classes):
+        raise HemosegError("--classes: two label values have the same name")
+    return classes
+
+
+def _from_nifti(args) -> int:
+    from hemoseg.data.from_volumes import convert, summary_lines
+    from hemoseg.data.preprocessing import parse_windows
+
+    try:
+        windows = parse_windows(args.windows)
+    except ValueError as exc:
+        raise HemosegError(f"--windows: {exc}") from None
+    for folder in (args.images, args.labels):
+        _refuse_inside(args.out, folder)
+    result = convert(args.images, args.labels, args.out, parse_classes(args.classes), windows,
+                     valid=args.valid, test=args.test, negatives=args.negatives, seed=args.seed,
+                     force=args.force)
+    for line in result.skipped:
+        print(f"hemoseg: skipped: {line}", file=sys.stderr)
+    if not any(result.volumes.values()):
+        raise HemosegError(f"no volume could be converted ({len(result.skipped)} skipped); nothing written",
+                           args.images)
+    for line in summary_lines(result, windows):
+        print(line)
+    return 1 if result.skipped else 0
+
+
 def _refuse_inside(out: Path, dataset: Path) -> None:
-    """Figures must never land in the export itself (it is read-only input)."""
+    """Outputs must never land inside an input folder (inputs are only read)."""
     root = dataset.resolve()
     if root.is_file():
         root = root.parent

@@ -24,6 +24,12 @@ Mode = Literal["binary", "multiclass", "multilabel"]
 MODES = ("binary", "multiclass", "multilabel")
 
 
+def mask_to_rle(mask: np.ndarray) -> dict:
+    """(H, W) bool -> compressed COCO RLE, JSON-ready: exact for any shape (rings, holes)."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+
+
 def annotation_mask(segmentation, height: int, width: int) -> np.ndarray:
     """(H, W) bool for a polygon list or an RLE (compressed or not)."""
     if isinstance(segmentation, dict):

@@ -27,11 +27,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from hemoseg.cpus import cpu_threads
 from hemoseg.data.coco import WINDOWS_KEY
 from hemoseg.data.preprocessing import NAMED_WINDOWS, Window, window_to_uint8
+from hemoseg.data.rasterize import mask_to_rle
 from hemoseg.data.synth.phantom import (CLASS_NAMES, EDEMA, EDH, IPH, IVH, SAH, SDH, render_plane,
                                         sample_head, scanner_effects)
 
@@ -190,11 +190,6 @@ def _keyhole(outer: np.ndarray, holes: list[np.ndarray]) -> np.ndarray:
         ring = np.concatenate([hole[j:], hole[: j + 1]])
         poly = np.concatenate([poly[: i + 1], ring, poly[i:]])
     return poly
-
-
-def mask_to_rle(mask: np.ndarray) -> dict:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
 def categories() -> list[dict]:

@@ -1,0 +1,195 @@
+"""CT volumes with label volumes (NIfTI) -> the COCO export `hemoseg train` reads.
+
+Most public hemorrhage sets ship this way (BHSD, INSTANCE, PhysioNet CT-ICH: one CT
+volume and one label volume per patient), not as Roboflow exports. The conversion:
+
+* pairs IMAGES/<name>.nii[.gz] with LABELS/<name>.nii[.gz];
+* splits by volume, so no patient appears in two splits (seeded, reproducible);
+* reads both through the same reader `predict` uses (same orientation: radiological
+  axial slices, inferior first), so a model trained on the export sees slices the way
+  it will see DICOM and NIfTI studies;
+* windows each slice as `predict` windows Hounsfield units, and records the windows in
+  the COCO `info` block, so the checkpoint carries them;
+* keeps every slice with a label, and a seeded fraction of the label-free slices that
+  show the head (negatives teach the network what normal brain looks like);
+* stores each class of a slice as one exact RLE annotation; images are lossless PNG.
+
+A pair that cannot be converted (no label file, a different grid, a label value with no
+class) is reported on one line and skipped; the others are converted.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from hemoseg.data.coco import WINDOWS_KEY
+from hemoseg.data.preprocessing import IMAGE_WINDOW_COUNTS, Window, describe_windows, window_to_uint8
+from hemoseg.data.rasterize import mask_to_rle
+from hemoseg.errors import HemosegError
+
+SPLITS = ("train", "valid", "test")
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+@dataclass
+class Conversion:
+    out: Path
+    volumes: dict[str, list[str]] = field(default_factory=dict)  # split -> volume names
+    images: dict[str, int] = field(default_factory=dict)         # split -> slices written
+    annotations: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> class -> count
+    skipped: list[str] = field(default_factory=list)             # one line per pair not converted
+
+
+def volume_name(path: Path) -> str | None:
+    name = path.name
+    for suffix in NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def find_pairs(images: Path, labels: Path) -> tuple[list[tuple[str, Path, Path]], list[str]]:
+    """(name, image, label) for every image volume with a label volume; problems as lines."""
+    for folder, what in ((images, "image"), (labels, "label")):
+        if not folder.is_dir():
+            raise HemosegError(f"is not a folder of {what} volumes", folder)
+    label_of = {volume_name(p): p for p in sorted(labels.iterdir()) if volume_name(p)}
+    pairs, problems = [], []
+    for p in sorted(images.iterdir()):
+        name = volume_name(p)
+        if name is None:
+            continue
+        if name in label_of:
+            pairs.append((name, p, label_of[name]))
+        else:
+            problems.append(f"{p}: no label volume named {name}.nii.gz or {name}.nii in {labels}")
+    if not pairs and not problems:
+        raise HemosegError("holds no .nii or .nii.gz volumes", images)
+    return pairs, problems
+
+
+def assign_splits(names: list[str], valid: float, test: float, seed: int) -> dict[str, str]:
+    """Volume name -> split. Every split asked for gets at least one volume when there are
+    enough, and train keeps the rest."""
+    order = sorted(names)
+    random.Random(seed).shuffle(order)
+    n = len(order)
+    n_test = min(max(round(test * n), 1 if test > 0 else 0), max(n - 1, 0))
+    n_valid = min(max(round(valid * n), 1 if valid > 0 else 0), max(n - 1 - n_test, 0))
+    split = {}
+    for i, name in enumerate(order):
+        split[name] = "test" if i < n_test else "valid" if i < n_test + n_valid else "train"
+    return split
+
+
+def _label_slices(study, path: Path, shape: tuple, classes: dict[int, str]) -> np.ndarray:
+    values = study.pixels
+    if values.shape != shape:
+        raise HemosegError(f"label grid {values.shape} differs from the image's {shape} "
+                           "(after orienting both the same way)", path)
+    labels = np.rint(values).astype(np.int64)
+    if not np.allclose(values, labels, atol=1e-3):
+        raise HemosegError("label volume holds fractional values (resampled with interpolation?)", path)
+    unknown = sorted(set(np.unique(labels).tolist()) - set(classes) - {0})
+    if unknown:
+        raise HemosegError(f"label values {unknown} have no class (--classes names "
+                           f"{', '.join(map(str, sorted(classes)))})", path)
+    return labels.astype(np.uint8)
+
+
+def convert(images: Path, labels: Path, out: Path, classes: dict[int, str], windows: tuple[Window, ...],
+            *, valid: float = 0.1, test: float = 0.1, negatives: float = 0.25, seed: int = 0,
+            force: bool = False) -> Conversion:
+    """Write OUT/{train,valid,test}/ (images + _annotations.coco.json). OUT appears only
+    when complete: everything is written to a hidden folder beside it, then renamed."""
+    from hemoseg.inference.readers import read_nifti
+
+    if len(windows) not in IMAGE_WINDOW_COUNTS:
+        raise HemosegError(f"an image file holds {' or '.join(map(str, IMAGE_WINDOW_COUNTS))} windows "
+                           f"(gray or R, G, B), not {len(windows)}")
+    if not classes or any(k < 1 or k > 255 for k in classes):
+        raise HemosegError("--classes needs label values 1..255, e.g. '1=Epidural hemorrhage'")
+    for frac, flag in ((valid, "--valid"), (test, "--test"), (negatives, "--negatives")):
+        if not 0 <= frac <= 1:
+            raise HemosegError(f"{flag} must be a fraction between 0 and 1, got {frac:g}")
+    if out.exists() and not force:
+        raise HemosegError("output folder already exists; use --force to replace it", out)
+    pairs, skipped = find_pairs(images, labels)
+    split_of = assign_splits([name for name, _, _ in pairs], valid, test, seed)
+
+    ids = sorted(classes)
+    categories = [{"id": 0, "name": "lesions", "supercategory": "none"}] + [
+        {"id": k, "name": classes[k], "supercategory": "lesions"} for k in ids]
+    docs = {s: {"info": {"description": f"converted by hemoseg from {images.name} + {labels.name}",
+                         WINDOWS_KEY: [list(w) for w in windows]},
+                "licenses": [], "categories": categories, "images": [], "annotations": []} for s in SPLITS}
+    result = Conversion(out=out, skipped=skipped)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    rng = random.Random(seed)
+    try:
+        for s in SPLITS:
+            (tmp / s).mkdir(parents=True)
+        for name, img_path, lab_path in pairs:
+            try:
+                study = read_nifti(img_path, name=name)
+                if not study.is_hu:
+                    raise HemosegError("holds 8-bit display values, not Hounsfield units", img_path)
+                lab = _label_slices(read_nifti(lab_path, name=name), lab_path, study.shape, classes)
+            except HemosegError as exc:
+                result.skipped.append(str(exc))
+                continue
+            split = split_of[name]
+            doc = docs[split]
+            head = (study.pixels > -500).any(axis=(1, 2))  # slices that show more than air
+            for z in range(study.shape[0]):
+                present = [k for k in ids if (lab[z] == k).any()]
+                if not present and not (head[z] and rng.random() < negatives):
+                    continue
+                image = np.stack([window_to_uint8(study.pixels[z], *w) for w in windows], axis=-1)
+                file_name = f"{name}_z{z:03d}.png"
+                Image.fromarray(image[..., 0] if len(windows) == 1 else image).save(tmp / split / file_name)
+                image_id = len(doc["images"])
+                h, w = lab[z].shape
+                doc["images"].append({"id": image_id, "file_name": file_name, "height": h, "width": w})
+                for k in present:
+                    m = lab[z] == k
+                    ys, xs = np.nonzero(m)
+                    x0, y0 = int(xs.min()), int(ys.min())
+                    doc["annotations"].append({
+                        "id": len(doc["annotations"]), "image_id": image_id, "category_id": k,
+                        "segmentation": mask_to_rle(m), "area": int(m.sum()), "iscrowd": 0,
+                        "bbox": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1]})
+            result.volumes.setdefault(split, []).append(name)
+        if not any(result.volumes.values()):
+            return result  # nothing to write; the caller reports every skipped pair
+        for s in SPLITS:
+            (tmp / s / "_annotations.coco.json").write_text(json.dumps(docs[s]))
+            result.images[s] = len(docs[s]["images"])
+            counts = {classes[k]: 0 for k in ids}
+            for a in docs[s]["annotations"]:
+                counts[classes[a["category_id"]]] += 1
+            result.annotations[s] = counts
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+def summary_lines(result: Conversion, windows: tuple[Window, ...]) -> list[str]:
+    lines = []
+    for s in SPLITS:
+        vols = result.volumes.get(s, [])
+        per_class = ", ".join(f"{n} {c}" for n, c in result.annotations.get(s, {}).items())
+        lines.append(f"{s}: {len(vols)} volume(s), {result.images.get(s, 0)} slices; annotations: {per_class}")
+    lines.append(f"windows {describe_windows(windows)}; wrote {result.out}")
+    return lines
