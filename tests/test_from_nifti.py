@@ -101,16 +101,21 @@ def test_bad_pairs_are_reported_and_skipped(volumes, tmp_path, capsys):
     bad = truth["p2"][1].copy()
     bad[0, 0, 0] = 9
     save(labels / "p2.nii.gz", bad, np.uint8)  # a value with no class
+    shifted = AFFINE.copy()
+    shifted[0, 3] = 5.0
+    moved = truth["p3"][1].transpose(2, 1, 0)[::-1, ::-1, :]
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(moved), shifted), str(labels / "p3.nii.gz"))  # same grid, 5 mm off
     before = sorted(p.stat().st_mtime_ns for p in labels.iterdir())
     out = tmp_path / "coco"
     assert convert(images, labels, out) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(line.startswith("hemoseg: skipped: ") for line in err)
+    assert len(err) == 4 and all(line.startswith("hemoseg: skipped: ") for line in err)
     assert "p0.nii.gz: no label volume named p0" in err[0]
     assert any("p1.nii.gz: label grid (8, 32, 64) differs from the image's (8, 64, 64)" in e for e in err)
     assert any("p2.nii.gz: label values [9] have no class" in e for e in err)
+    assert any("p3.nii.gz: label volume is placed differently from the image" in e for e in err)
     names = {r.path.stem.rsplit("_z", 1)[0] for sp in load_dataset(out).splits.values() for r in sp.images}
-    assert names == {"p3", "p4"}
+    assert names == {"p4"}
     assert sorted(p.stat().st_mtime_ns for p in labels.iterdir()) == before  # inputs untouched
 
 

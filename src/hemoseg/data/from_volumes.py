@@ -90,11 +90,14 @@ def assign_splits(names: list[str], valid: float, test: float, seed: int) -> dic
     return split
 
 
-def _label_slices(study, path: Path, shape: tuple, classes: dict[int, str]) -> np.ndarray:
+def _label_slices(study, path: Path, image, classes: dict[int, str]) -> np.ndarray:
     values = study.pixels
-    if values.shape != shape:
-        raise HemosegError(f"label grid {values.shape} differs from the image's {shape} "
+    if values.shape != image.shape:
+        raise HemosegError(f"label grid {values.shape} differs from the image's {image.shape} "
                            "(after orienting both the same way)", path)
+    if study.affine is not None and image.affine is not None and not np.allclose(study.affine, image.affine,
+                                                                                  atol=1e-3):
+        raise HemosegError("label volume is placed differently from the image (their affines differ)", path)
     labels = np.rint(values).astype(np.int64)
     if not np.allclose(values, labels, atol=1e-3):
         raise HemosegError("label volume holds fractional values (resampled with interpolation?)", path)
@@ -142,7 +145,7 @@ def convert(images: Path, labels: Path, out: Path, classes: dict[int, str], wind
                 study = read_nifti(img_path, name=name)
                 if not study.is_hu:
                     raise HemosegError("holds 8-bit display values, not Hounsfield units", img_path)
-                lab = _label_slices(read_nifti(lab_path, name=name), lab_path, study.shape, classes)
+                lab = _label_slices(read_nifti(lab_path, name=name), lab_path, study, classes)
             except HemosegError as exc:
                 result.skipped.append(str(exc))
                 continue
