@@ -12,8 +12,9 @@ from hemoseg.errors import HemosegError
 
 
 def register(sub):
-    p = sub.add_parser("data", help="check a COCO export or summarise it",
-                       description="Inspect a COCO segmentation export (read-only).")
+    p = sub.add_parser("data", help="check or summarise a COCO export, or make one from NIfTI volumes",
+                       description="Inspect a COCO segmentation export (read-only), or make one from CT "
+                                   "and label volumes.")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     c = dsub.add_parser(
