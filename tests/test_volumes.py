@@ -107,3 +107,32 @@ def test_compare_volumes(tmp_path):
     # a class the model never reported counts as 0 mL
     r2 = compare_volumes({"s1": {"volumes_ml": {}}}, {"s1": {"volumes_ml": {"IPH": 2.0}}})
     assert r2["rows"][0]["measured_ml"] == 0.0 and r2["rows"][0]["rel_error"] == -1.0
+
+
+@pytest.mark.parametrize("density, shape, seed", [(0.05, (6, 40, 50), 0), (0.2, (5, 30, 30), 1),
+                                                  (0.35, (8, 24, 20), 2), (0.6, (3, 16, 16), 3),
+                                                  (0.1, (1, 64, 64), 4), (0.3, (12, 9, 7), 5)])
+def test_components_3d_partition_equals_scipy(density, shape, seed):
+    """Same 26-connected partition as scipy.ndimage.label with a 3x3x3 structure: same
+    count, and two voxels share a label in one exactly when they do in the other."""
+    from scipy import ndimage
+
+    from hemoseg.inference.volumes import components_3d
+
+    mask = np.random.default_rng(seed).random(shape) < density
+    ours, n = components_3d(mask)
+    ref, n_ref = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    assert n == n_ref and ours.dtype == np.int32
+    assert ((ours > 0) == mask).all() and set(np.unique(ours[mask])) == set(range(1, n + 1))
+    pairs = np.unique(np.stack([ours[mask], ref[mask]], axis=1), axis=0)
+    assert len(pairs) == n  # a bijection between the two labellings
+
+
+def test_components_3d_connects_across_slices_only_through_neighbours():
+    from hemoseg.inference.volumes import components_3d
+
+    m = np.zeros((3, 6, 6), bool)
+    m[0, 1, 1] = m[1, 2, 2] = True   # corner neighbours across a slice: one lesion
+    m[2, 4, 4] = True                # two pixels away from (1, 2, 2): a second one
+    assert components_3d(m)[1] == 2
+    assert components_3d(np.zeros((2, 3, 3), bool))[1] == 0

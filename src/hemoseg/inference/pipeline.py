@@ -200,7 +200,6 @@ def warm_up(predictor=None) -> None:
     only means the first study pays instead."""
     try:
         import nibabel  # noqa: F401
-        import scipy.ndimage  # noqa: F401
         from highdicom import _standard_utils as standard
 
         standard.get_sop_class_iod_map(), standard.get_iod_module_map(), standard.get_module_attribute_map()

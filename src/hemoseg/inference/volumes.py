@@ -89,10 +89,53 @@ class StudyMeasurements:
         return {c.name: c for c in self.classes}
 
 
+def components_3d(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """26-connected components of a (Z,H,W) boolean mask: int32 labels 1..n and n.
+
+    The partition is scipy.ndimage.label's with a 3x3x3 structure (numbering may
+    differ; tests compare the two). Each slice is labelled in 2-D with OpenCV
+    (8-connected), then labels of adjacent slices that touch within a 3x3 window
+    are merged. Importing scipy.ndimage alone cost ~0.4 s of every `predict` run."""
+    import cv2
+
+    mask = np.asarray(mask, bool)
+    labels = np.zeros(mask.shape, np.int32)
+    total = 0
+    for z in range(mask.shape[0]):
+        if mask[z].any():
+            n, lab = cv2.connectedComponents(mask[z].astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+            labels[z] = np.where(lab > 0, lab + total, 0)
+            total += n - 1
+    parent = np.arange(total + 1)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    h, w = mask.shape[1:]
+    for z in range(mask.shape[0] - 1):
+        below, above = labels[z], labels[z + 1]
+        if not (below.any() and above.any()):
+            continue
+        padded = np.pad(below, 1)
+        for dy in range(3):
+            for dx in range(3):
+                near = padded[dy:dy + h, dx:dx + w]
+                touch = (above > 0) & (near > 0)
+                if touch.any():
+                    for a, b in np.unique(np.stack([above[touch], near[touch]], axis=1), axis=0):
+                        ra, rb = root(int(a)), root(int(b))
+                        if ra != rb:
+                            parent[max(ra, rb)] = min(ra, rb)
+    roots = np.array([root(i) for i in range(total + 1)])
+    kept, dense = np.unique(roots, return_inverse=True)  # roots[0] == 0 stays background
+    return dense.astype(np.int32)[labels], len(kept) - 1
+
+
 def measure(labels: np.ndarray, spacing, class_names: list[str]) -> StudyMeasurements:
     """Measure every class of a (Z,H,W) label volume (label k+1 = class_names[k])."""
-    from scipy import ndimage
-
     labels = np.asarray(labels)
     if labels.ndim != 3:
         raise ValueError(f"labels must be (Z,H,W), got {labels.shape}")
@@ -106,7 +149,7 @@ def measure(labels: np.ndarray, spacing, class_names: list[str]) -> StudyMeasure
         per_slice = mask.sum(axis=(1, 2))
         if voxels:
             z = int(np.argmax(per_slice))
-            ncomp = int(ndimage.label(mask, structure=np.ones((3, 3, 3)))[1])
+            ncomp = components_3d(mask)[1]
         else:
             z, ncomp = None, 0
         m = ClassMeasurement(
@@ -135,9 +178,7 @@ def measure(labels: np.ndarray, spacing, class_names: list[str]) -> StudyMeasure
 
 def abc2(mask: np.ndarray, spacing) -> ABC2 | None:
     """ABC/2 of the largest connected lesion in a boolean (Z,H,W) mask."""
-    from scipy import ndimage
-
-    comps, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    comps, n = components_3d(mask)
     if n == 0:
         return None
     sizes = np.bincount(comps.ravel())[1:]
