@@ -278,3 +278,18 @@ def test_stale_job_folders_removed_on_start(tmp_path):
     keep.mkdir()
     with TestClient(create_app(FakePredictor(), work_dir=tmp_path)):
         assert not stale.exists() and keep.exists()
+
+
+def test_multiframe_dicom_upload(client, tmp_path):
+    """One Enhanced CT file is a whole study: read, segmented, volumes and a SEG."""
+    from predict_fixtures import ct_volume, enhanced_ct, write_ct_series
+
+    mf = enhanced_ct(write_ct_series(tmp_path / "series", ct_volume()), tmp_path / "ct.dcm")
+    r = client.post("/api/jobs", content=mf.read_bytes(), headers={"content-type": "application/octet-stream"})
+    assert r.status_code == 202, r.text
+    st = wait_done(client, r.json()["id"])
+    assert st["status"] == "done", st
+    rep = client.get(st["links"]["report"]).json()
+    assert rep["source"] == "dicom" and rep["spacing_mm"] == [2.5, 0.5, 0.5] and len(rep["slices"]) == 6
+    assert next(c for c in rep["classes"] if c["label"] == 2)["voxels"] == 360  # the fixture's blob
+    assert "seg.dcm" in st["links"] and "labels.nii.gz" in st["links"]
