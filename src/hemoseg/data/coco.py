@@ -110,6 +110,13 @@ class Dataset:
         return [p for s in self.splits.values() for p in s.problems]
 
 
+def roboflow_categories(names: dict[int, str]) -> list[dict]:
+    """Roboflow's layout, for exports hemoseg writes: a supercategory placeholder with
+    id 0, then the classes by id."""
+    return [{"id": 0, "name": "lesions", "supercategory": "none"}] + [
+        {"id": k, "name": names[k], "supercategory": "lesions"} for k in sorted(names)]
+
+
 def is_placeholder(cat: dict, categories: list[dict]) -> bool:
     """Roboflow adds a supercategory (id 0, e.g. "lesions") that no annotation
     uses; it names the group, it is not a class."""

@@ -30,12 +30,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hemoseg.data.coco import WINDOWS_KEY
-from hemoseg.data.preprocessing import IMAGE_WINDOW_COUNTS, Window, describe_windows, window_to_uint8
-from hemoseg.data.rasterize import mask_to_rle
+from hemoseg.data.coco import SPLIT_NAMES as SPLITS, WINDOWS_KEY, roboflow_categories
+from hemoseg.data.preprocessing import IMAGE_WINDOW_COUNTS, Window, describe_windows, windowed_image
+from hemoseg.data.rasterize import mask_bbox, mask_to_rle
 from hemoseg.errors import HemosegError
 
-SPLITS = ("train", "valid", "test")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
@@ -129,8 +128,7 @@ def convert(images: Path, labels: Path, out: Path, classes: dict[int, str], wind
     split_of = assign_splits([name for name, _, _ in pairs], valid, test, seed)
 
     ids = sorted(classes)
-    categories = [{"id": 0, "name": "lesions", "supercategory": "none"}] + [
-        {"id": k, "name": classes[k], "supercategory": "lesions"} for k in ids]
+    categories = roboflow_categories(classes)
     docs = {s: {"info": {"description": f"converted by hemoseg from {images.name} + {labels.name}",
                          WINDOWS_KEY: [list(w) for w in windows]},
                 "licenses": [], "categories": categories, "images": [], "annotations": []} for s in SPLITS}
@@ -156,20 +154,17 @@ def convert(images: Path, labels: Path, out: Path, classes: dict[int, str], wind
                 present = [k for k in ids if (lab[z] == k).any()]
                 if not present and not (head[z] and rng.random() < negatives):
                     continue
-                image = np.stack([window_to_uint8(study.pixels[z], *w) for w in windows], axis=-1)
                 file_name = f"{name}_z{z:03d}.png"
-                Image.fromarray(image[..., 0] if len(windows) == 1 else image).save(tmp / split / file_name)
+                Image.fromarray(windowed_image(study.pixels[z], windows)).save(tmp / split / file_name)
                 image_id = len(doc["images"])
                 h, w = lab[z].shape
                 doc["images"].append({"id": image_id, "file_name": file_name, "height": h, "width": w})
                 for k in present:
                     m = lab[z] == k
-                    ys, xs = np.nonzero(m)
-                    x0, y0 = int(xs.min()), int(ys.min())
                     doc["annotations"].append({
                         "id": len(doc["annotations"]), "image_id": image_id, "category_id": k,
                         "segmentation": mask_to_rle(m), "area": int(m.sum()), "iscrowd": 0,
-                        "bbox": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1]})
+                        "bbox": mask_bbox(m)})
             result.volumes.setdefault(split, []).append(name)
         if not any(result.volumes.values()):
             return result  # nothing to write; the caller reports every skipped pair

@@ -168,6 +168,13 @@ def window_to_uint8(hu: np.ndarray, center: float, width: float) -> np.ndarray:
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
+def windowed_image(hu: np.ndarray, windows) -> np.ndarray:
+    """HU (H, W) -> the uint8 pixels of an image file: gray (H, W) for one window,
+    (H, W, 3) for three (one per R, G, B; IMAGE_WINDOW_COUNTS)."""
+    img = np.stack([window_to_uint8(hu, lv, wd) for lv, wd in windows], axis=-1)
+    return img[..., 0] if len(windows) == 1 else img
+
+
 def resize_image(img: np.ndarray, size: int) -> np.ndarray:
     """(H, W) or channel-last (H, W, C). Area interpolation when shrinking (no
     aliasing), bilinear when growing."""

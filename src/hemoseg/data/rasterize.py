@@ -30,6 +30,13 @@ def mask_to_rle(mask: np.ndarray) -> dict:
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
+def mask_bbox(mask: np.ndarray) -> list[int]:
+    """COCO [x, y, width, height] of a non-empty (H, W) mask, in whole pixels."""
+    ys, xs = np.nonzero(mask)
+    x0, y0 = int(xs.min()), int(ys.min())
+    return [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1]
+
+
 def annotation_mask(segmentation, height: int, width: int) -> np.ndarray:
     """(H, W) bool for a polygon list or an RLE (compressed or not)."""
     if isinstance(segmentation, dict):

@@ -29,13 +29,13 @@ import numpy as np
 from PIL import Image
 
 from hemoseg.cpus import cpu_threads
-from hemoseg.data.coco import WINDOWS_KEY
-from hemoseg.data.preprocessing import NAMED_WINDOWS, Window, window_to_uint8
-from hemoseg.data.rasterize import mask_to_rle
+from hemoseg.data.coco import SPLIT_NAMES, WINDOWS_KEY, roboflow_categories
+from hemoseg.data.preprocessing import NAMED_WINDOWS, Window, windowed_image
+from hemoseg.data.rasterize import mask_bbox, mask_to_rle
 from hemoseg.data.synth.phantom import (CLASS_NAMES, EDEMA, EDH, IPH, IVH, SAH, SDH, render_plane,
                                         sample_head, scanner_effects)
 
-SPLITS = ("train", "valid", "test")
+SPLITS = SPLIT_NAMES
 _SPLIT_CODE = {"train": 1, "valid": 2, "test": 3}
 SLICES_PER_HEAD = 4
 EMPTY_FRACTION = 0.22  # share of heads without any lesion (their slices are negatives)
@@ -96,7 +96,7 @@ def _head_slices(seed: int, split: str, h: int, primary: int | None, n_slots: in
         digest = hashlib.md5(f"{seed}/{split}/{h}/{k}".encode()).hexdigest()
         samples.append(SliceSample(
             file_name=f"{head_name}_{k:02d}_png.rf.{digest}.jpg", head=head_name, z=float(z),
-            spacing=float(spacing), label=lab, image=_windowed(hu, windows)))
+            spacing=float(spacing), label=lab, image=windowed_image(hu, windows)))
     return samples
 
 
@@ -117,11 +117,6 @@ def _map(fn, jobs: list[tuple]) -> list:
     # forkserver: workers start from a clean process, never a fork of one holding threads.
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
         return list(pool.map(fn, *zip(*jobs), chunksize=max(len(jobs) // (4 * workers), 1)))
-
-
-def _windowed(hu: np.ndarray, windows: tuple[Window, ...]) -> np.ndarray:
-    img = np.stack([window_to_uint8(hu, lv, wd) for lv, wd in windows], axis=-1)
-    return img[..., 0] if len(windows) == 1 else img
 
 
 def _choose_slices(head, rng, kinds, n_slots, fov, probe=48, levels=14) -> list[float]:
@@ -193,9 +188,7 @@ def _keyhole(outer: np.ndarray, holes: list[np.ndarray]) -> np.ndarray:
 
 
 def categories() -> list[dict]:
-    """Roboflow's layout: a supercategory placeholder with id 0, then the classes."""
-    return [{"id": 0, "name": "lesions", "supercategory": "none"}] + [
-        {"id": k, "name": name, "supercategory": "lesions"} for k, name in CLASS_NAMES.items()]
+    return roboflow_categories(CLASS_NAMES)
 
 
 def coco_dict(samples: list[SliceSample], description: str = "hemoseg synthetic head CT",
@@ -213,10 +206,7 @@ def coco_dict(samples: list[SliceSample], description: str = "hemoseg synthetic 
                 seg = mask_to_rle(m)
             else:
                 seg = mask_to_polygons(m)
-            ys, xs = np.nonzero(m)
-            x0, y0 = int(xs.min()), int(ys.min())
-            anns.append({"id": len(anns), "image_id": img_id, "category_id": cls,
-                         "bbox": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1],
+            anns.append({"id": len(anns), "image_id": img_id, "category_id": cls, "bbox": mask_bbox(m),
                          "area": int(m.sum()), "segmentation": seg, "iscrowd": 0})
     return {
         "info": {"year": "2024", "version": "1", "description": description,
