@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--band", type=int, default=2, help="border band half-width in pixels (default 2)")
     args = ap.parse_args()
 
-    pred = Predictor.from_run(args.run, "onnx" if (args.run / "model.onnx").is_file() else "torch")
+    pred = Predictor.from_run(args.run)  # auto: the exported ONNX model when there is one, as evaluate --backend auto
     sp = load_dataset(args.dataset).splits[args.split]
     names = list(sp.classes.names)
     if pred.mode != "multiclass" or args.cls not in names:
