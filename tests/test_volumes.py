@@ -115,11 +115,20 @@ def test_compare_volumes(tmp_path):
 def test_components_3d_partition_equals_scipy(density, shape, seed):
     """Same 26-connected partition as scipy.ndimage.label with a 3x3x3 structure: same
     count, and two voxels share a label in one exactly when they do in the other."""
+    mask = np.random.default_rng(seed).random(shape) < density
+    # and the same blobs inside a larger, mostly empty volume (the labelling works in the
+    # mask's bounding box, which then starts away from every edge)
+    roomy = np.zeros((shape[0] + 3, shape[1] + 9, shape[2] + 5), bool)
+    roomy[2:2 + shape[0], 7:7 + shape[1], 1:1 + shape[2]] = mask
+    for mask in (mask, roomy):
+        _same_partition_as_scipy(mask)
+
+
+def _same_partition_as_scipy(mask):
     from scipy import ndimage
 
     from hemoseg.inference.volumes import components_3d
 
-    mask = np.random.default_rng(seed).random(shape) < density
     ours, n = components_3d(mask)
     ref, n_ref = ndimage.label(mask, structure=np.ones((3, 3, 3)))
     assert n == n_ref and ours.dtype == np.int32
