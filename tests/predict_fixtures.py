@@ -120,8 +120,14 @@ def write_png(path: Path, img: np.ndarray) -> Path:
     return path
 
 
+HTJ2K_LOSSLESS = "1.2.840.10008.1.2.4.201"
+
+
 def transcode(path: Path, transfer_syntax: str) -> None:
-    """Re-encode a DICOM file in place with GDCM (pydicom cannot encode JPEG Lossless)."""
+    """Re-encode a DICOM file in place with GDCM (pydicom cannot encode JPEG Lossless),
+    or, for HTJ2K, which GDCM cannot write, with OpenJPH's command-line encoder."""
+    if transfer_syntax == HTJ2K_LOSSLESS:
+        return _htj2k_encode(path)
     import gdcm
 
     reader = gdcm.ImageReader()
@@ -136,6 +142,20 @@ def transcode(path: Path, transfer_syntax: str) -> None:
     writer.SetFile(reader.GetFile())
     writer.SetImage(change.GetOutput())
     assert writer.Write(), path
+
+
+def _htj2k_encode(path: Path) -> None:
+    """Lossless HTJ2K with imagecodecs (OpenJPH): one codestream per file, encapsulated.
+    (Debian's OpenJPH 0.9 command-line encoder writes wrong codestreams for signed data.)"""
+    import imagecodecs
+    import pydicom
+    from pydicom.encaps import encapsulate
+
+    ds = pydicom.dcmread(path)
+    ds.PixelData = encapsulate([imagecodecs.htj2k_encode(ds.pixel_array, reversible=True)])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = HTJ2K_LOSSLESS
+    ds.save_as(path, enforce_file_format=True)
 
 
 def enhanced_ct(files: list[tuple[Path, str]], path: Path, reverse: bool = True) -> Path:
