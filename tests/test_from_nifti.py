@@ -124,7 +124,7 @@ def test_refusals_are_one_line_and_leave_nothing(volumes, tmp_path, capsys):
     out = tmp_path / "coco"
     out.mkdir()
     assert convert(images, labels, out) == 2
-    assert "output folder already exists; use --force" in capsys.readouterr().err
+    assert f"output folder {out} already exists; use --force" in capsys.readouterr().err
     for args, words in (
         (["--classes", "1:IPH"], "is not VALUE=NAME"),
         (["--windows", "brain,subdural"], "holds 1 or 3 windows"),

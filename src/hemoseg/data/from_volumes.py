@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from hemoseg.data.coco import SPLIT_NAMES as SPLITS, WINDOWS_KEY, roboflow_categ
 from hemoseg.data.preprocessing import IMAGE_WINDOW_COUNTS, Window, describe_windows, windowed_image
 from hemoseg.data.rasterize import mask_bbox, mask_to_rle
 from hemoseg.errors import HemosegError
+from hemoseg.staging import refuse_existing, staged_dir
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -122,8 +122,7 @@ def convert(images: Path, labels: Path, out: Path, classes: dict[int, str], wind
     for frac, flag in ((valid, "--valid"), (test, "--test"), (negatives, "--negatives")):
         if not 0 <= frac <= 1:
             raise HemosegError(f"{flag} must be a fraction between 0 and 1, got {frac:g}")
-    if out.exists() and not force:
-        raise HemosegError("output folder already exists; use --force to replace it", out)
+    refuse_existing(out, force)
     pairs, skipped = find_pairs(images, labels)
     split_of = assign_splits([name for name, _, _ in pairs], valid, test, seed)
 
@@ -133,9 +132,8 @@ def convert(images: Path, labels: Path, out: Path, classes: dict[int, str], wind
                          WINDOWS_KEY: [list(w) for w in windows]},
                 "licenses": [], "categories": categories, "images": [], "annotations": []} for s in SPLITS}
     result = Conversion(out=out, skipped=skipped)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     rng = random.Random(seed)
-    try:
+    with staged_dir(out, force) as tmp:
         for s in SPLITS:
             (tmp / s).mkdir(parents=True)
         for name, img_path, lab_path in pairs:
@@ -167,7 +165,8 @@ def convert(images: Path, labels: Path, out: Path, classes: dict[int, str], wind
                         "bbox": mask_bbox(m)})
             result.volumes.setdefault(split, []).append(name)
         if not any(result.volumes.values()):
-            return result  # nothing to write; the caller reports every skipped pair
+            shutil.rmtree(tmp)  # nothing to write; the caller reports every skipped pair
+            return result
         for s in SPLITS:
             (tmp / s / "_annotations.coco.json").write_text(json.dumps(docs[s]))
             result.images[s] = len(docs[s]["images"])
@@ -175,11 +174,6 @@ def convert(images: Path, labels: Path, out: Path, classes: dict[int, str], wind
             for a in docs[s]["annotations"]:
                 counts[classes[a["category_id"]]] += 1
             result.annotations[s] = counts
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return result
 
 

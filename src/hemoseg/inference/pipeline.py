@@ -20,16 +20,15 @@ natural file-name order for images); report.json maps it to source files.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import threading
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from hemoseg.errors import HemosegError
+from hemoseg.staging import refuse_existing, staged_dir
 from hemoseg.inference import outputs, report as reporting
 from hemoseg.inference.readers import StudyInput, discover, load_study
 from hemoseg.inference.study import Study
@@ -137,37 +136,19 @@ def _lesion_box(labels: np.ndarray) -> tuple[slice, slice]:
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
-def _replace_dir(tmp: Path, final: Path, force: bool) -> None:
-    if final.exists() or final.is_symlink():
-        if not force:
-            raise HemosegError(f"output folder {final} already exists; use --force to replace it")
-        trash = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-        os.replace(final, trash)
-        os.replace(tmp, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
 def run_study(predictor, item: StudyInput | Study, out_dir: Path, *, tta: bool = False,
               force: bool = False, model: dict | None = None, progress=None) -> StudyResult:
     """Read, predict and write one study atomically. Errors propagate."""
     out_dir = Path(out_dir)
     name = item.name
     final = out_dir / name
-    if (final.exists() or final.is_symlink()) and not force:  # fail before the slow part
-        raise HemosegError(f"output folder {final} already exists; use --force to replace it")
+    refuse_existing(final, force)  # before the slow part
     study = load_study(item) if isinstance(item, StudyInput) else item
     origin = item.origin if isinstance(item, StudyInput) else None
     labels = predict_labels(predictor, study, tta=tta, progress=progress)
-    tmp = out_dir / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
-    try:
+    with staged_dir(final, force) as tmp:
         rep = write_study(study, labels, list(predictor.class_names), predictor.preprocessing,
                           tmp, origin=origin, model=model)
-        _replace_dir(tmp, final, force)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return StudyResult(name=name, origin=Path(origin or final), out_dir=final, report=rep)
 
 
