@@ -26,29 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from hemoseg.inference.volumes import compare_volumes
+from hemoseg.evaluation.volumetric import score_folders
 
 
 def hemoseg(*args: str) -> None:
     if subprocess.call([sys.executable, "-m", "hemoseg", *args], stdout=subprocess.DEVNULL):
         sys.exit(f"bench_volumes: 'hemoseg {args[0]}' failed (its error is above)")
-
-
-def summarise(rows: list[dict], min_ml: float, tolerance: float) -> dict:
-    scored = [r for r in rows if r["truth_ml"] > min_ml]
-    err = np.array([abs(r["rel_error"]) for r in scored])
-
-    def part(rel):
-        return {"lesions": int(len(rel)), "within": int((rel <= tolerance).sum()),
-                "median_abs_rel_error": round(float(np.median(rel)), 4) if len(rel) else None,
-                "max_abs_rel_error": round(float(rel.max()), 4) if len(rel) else None}
-
-    per_class = {c: part(np.array([abs(r["rel_error"]) for r in scored if r["class"] == c]))
-                 for c in sorted({r["class"] for r in scored})}
-    # Volume called where the truth has none (a whole false lesion), summed per class.
-    phantom = {c: round(float(sum(r["measured_ml"] for r in rows if r["class"] == c and r["truth_ml"] == 0)), 3)
-               for c in sorted({r["class"] for r in rows})}
-    return {"overall": part(err), "per_class": per_class, "false_volume_ml": phantom}
 
 
 def main() -> None:
@@ -73,15 +56,21 @@ def main() -> None:
         studies = sorted(str(p) for p in (data / "dicom").iterdir() if p.is_dir())
         hemoseg("predict", str(a.run), *studies, "--out", str(preds), "--force",
                 *(["--tta"] if a.tta else []))
-        vol = compare_volumes(preds / "summary.json", data / "dicom" / "ground_truth.json")
+        # The same scoring as `hemoseg score`, against the phantom's label volumes.
+        scored = score_folders(preds, data / "dicom", min_ml=a.min_ml, tolerance=a.tolerance)
     finally:
         if a.work is None:
             shutil.rmtree(work, ignore_errors=True)
+    if scored.failures:
+        sys.exit("bench_volumes: " + "; ".join(scored.failures))
+    big = [r for r in scored.rows if r["reference_ml"] > a.min_ml]
+    err = np.array([abs(r["rel_error"]) for r in big])
     result = {"run": str(a.run), "seed": a.seed, "studies": a.studies, "tta": a.tta,
               "min_ml": a.min_ml, "tolerance": a.tolerance,
-              **summarise(vol["rows"], a.min_ml, a.tolerance),
-              "lesions": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
-                          for r in vol["rows"] if r["truth_ml"] > a.min_ml]}
+              "overall": {"lesions": len(big), "within": int((err <= a.tolerance).sum()),
+                          "median_abs_rel_error": round(float(np.median(err)), 4)},
+              "per_class": scored.per_class,
+              "lesions": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in big]}
     text = json.dumps(result, indent=1)
     if a.out:
         a.out.write_text(text)

@@ -11,7 +11,7 @@ import sys
 from hemoseg import RESEARCH_NOTICE, __version__
 from hemoseg.errors import HemosegError
 
-COMMANDS = ["synth", "data", "train", "evaluate", "compare", "predict", "export", "serve"]
+COMMANDS = ["synth", "data", "train", "evaluate", "compare", "predict", "score", "export", "serve"]
 
 
 class OneLineParser(argparse.ArgumentParser):

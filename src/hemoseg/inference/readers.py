@@ -648,6 +648,22 @@ def labels_to_nifti_array(labels: np.ndarray, study: Study) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
+def voxel_to_world(study: Study) -> np.ndarray | None:
+    """Affine from an index (col, row, slice) of `study.pixels` to the file's world space.
+    A DICOM study's affine already is one; a NIfTI study's describes the file's own axis
+    order, which reading reoriented (so two files of one grid in different layouts compare)."""
+    if study.affine is None or study.source != "nifti":
+        return study.affine
+    from nibabel.orientations import axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+
+    to_display = ornt_transform(io_orientation(study.affine), axcodes2ornt(_DISPLAY_AXES))
+    shown = study.pixels.shape[::-1]  # (col, row, slice)
+    file_shape = [0, 0, 0]
+    for axis in range(3):
+        file_shape[axis] = shown[int(to_display[axis, 0])]
+    return study.affine @ inv_ornt_aff(to_display, file_shape)
+
+
 # --------------------------------------------------------------------------
 # PNG / JPG
 # --------------------------------------------------------------------------
