@@ -41,9 +41,9 @@ def run(args) -> int:
         raise HemosegError("--min-ml must be >= 0 and --tolerance a positive fraction (0.05 = 5%)")
     classes = parse_classes(args.classes) if args.classes else None
     result = score_folders(args.predictions, args.labels, classes, args.min_ml, args.tolerance)
-    for line in result.failures:
-        print(f"hemoseg: skipped: {line}", file=sys.stderr)
     if not result.rows:
+        for line in result.failures:
+            print(f"hemoseg: skipped: {line}", file=sys.stderr)
         raise HemosegError(f"no study could be scored ({len(result.failures)} skipped)", args.predictions)
     for path, text in ((args.json, lambda: json.dumps(result.to_dict(), indent=1)), (args.csv, lambda: csv_text(result))):
         if path is not None:
@@ -53,5 +53,7 @@ def run(args) -> int:
                 raise HemosegError(f"cannot write ({exc.strerror or type(exc).__name__})", path) from None
     n = len({r["study"] for r in result.rows})
     print(f"{n} stud{'y' if n == 1 else 'ies'} scored against {args.labels}\n")
-    print(markdown(result))
+    print(markdown(result), flush=True)
+    for line in result.failures:  # after the table, so they are the last thing on the screen
+        print(f"hemoseg: skipped: {line}", file=sys.stderr)
     return 1 if result.failures else 0
