@@ -37,6 +37,11 @@ class VolumetryResult:
                 "studies": sorted({r["study"] for r in self.rows}), "failures": self.failures,
                 "rows": self.rows}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "VolumetryResult":
+        return cls(rows=d["rows"], per_class=d["per_class"], failures=d["failures"],
+                   min_ml=d["min_ml"], tolerance=d["tolerance"])
+
 
 def reference_for(labels_dir: Path, study: str) -> Path | None:
     for suffix in LABEL_SUFFIXES:

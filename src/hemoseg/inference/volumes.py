@@ -23,9 +23,7 @@ volume so research teams can compare the two. Exact definition used here:
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -222,70 +220,3 @@ def diameters(section: np.ndarray, row_mm: float, col_mm: float) -> tuple[float,
     u = (hull[j] - hull[i]) / a
     proj = hull @ np.array([-u[1], u[0]])
     return a, float(proj.max() - proj.min())
-
-
-# --------------------------------------------------------------------------
-# volume accuracy against ground truth (for benchmarks)
-# --------------------------------------------------------------------------
-def _load_json(x):
-    if isinstance(x, (str, Path)):
-        with open(x, encoding="utf-8") as f:
-            return json.load(f)
-    return x
-
-
-def volumes_from_summary(summary) -> dict:
-    """hemoseg summary.json (dict or path) -> the ground-truth table format
-    {study: {"spacing_mm": [...] | None, "volumes_ml": {class: mL | None}}}."""
-    summary = _load_json(summary)
-    out = {}
-    for s in summary.get("studies", []):
-        out[s["study"]] = {"spacing_mm": s.get("spacing_mm"),
-                           "volumes_ml": dict(s.get("volumes_ml", {}))}
-    return out
-
-
-def compare_volumes(measured, ground_truth, spacing_rtol: float = 0.01) -> dict:
-    """Compare measured per-class volumes with a ground_truth.json.
-
-    Both arguments are dicts or JSON paths in the format
-    {study: {"spacing_mm": [s, r, c], "volumes_ml": {class: mL}}}; a hemoseg
-    summary.json is accepted for `measured`. A class the model did not report
-    for a measured study counts as 0 mL; a study missing entirely, or measured
-    without spacing, is listed rather than scored, so errors are never mixed
-    with guesses. Returns rows per (study, class) plus per-class and overall
-    mean absolute error (mL) and mean absolute relative error (over truths > 0).
-    """
-    measured = _load_json(measured)
-    if "studies" in measured and isinstance(measured["studies"], list):
-        measured = volumes_from_summary(measured)
-    truth = _load_json(ground_truth)
-    rows, missing, unscored, spacing_mismatch = [], [], [], []
-    for study, gt in truth.items():
-        m = measured.get(study)
-        if m is None:
-            missing.append(study)
-            continue
-        gsp, msp = gt.get("spacing_mm"), m.get("spacing_mm")
-        if gsp and msp and not np.allclose(gsp, msp, rtol=spacing_rtol):
-            spacing_mismatch.append({"study": study, "truth": list(gsp), "measured": list(msp)})
-        for cls, gt_ml in gt.get("volumes_ml", {}).items():
-            vols = m.get("volumes_ml", {})
-            got = vols.get(cls, 0.0)
-            if got is None:
-                unscored.append({"study": study, "class": cls, "reason": NO_SPACING})
-                continue
-            err = float(got) - float(gt_ml)
-            rows.append({"study": study, "class": cls, "truth_ml": float(gt_ml),
-                         "measured_ml": float(got), "error_ml": err,
-                         "rel_error": err / gt_ml if gt_ml > 0 else None})
-
-    def agg(rs):
-        rel = [abs(r["rel_error"]) for r in rs if r["rel_error"] is not None]
-        return {"n": len(rs),
-                "mean_abs_error_ml": float(np.mean([abs(r["error_ml"]) for r in rs])) if rs else None,
-                "mean_abs_rel_error": float(np.mean(rel)) if rel else None}
-
-    per_class = {c: agg([r for r in rows if r["class"] == c]) for c in sorted({r["class"] for r in rows})}
-    return {"rows": rows, "per_class": per_class, "overall": agg(rows),
-            "missing_studies": missing, "unscored": unscored, "spacing_mismatch": spacing_mismatch}
