@@ -106,3 +106,43 @@ def test_agreement_by_hand():
     assert a["loa_ml"] == pytest.approx([1 / 3 - 1.96 / 3 ** 0.5, 1 / 3 + 1.96 / 3 ** 0.5])
     assert a["ccc"] == pytest.approx(6 / 7)
     assert agreement(np.array([2.0]), np.array([3.0]))["loa_ml"] is None
+
+
+def test_dicom_seg_references_are_placed_on_the_predicted_grid(predicted, tmp_path, capsys):
+    """References as OHIF, 3D Slicer or a PACS export them: DICOM SEG on the same series."""
+    import shutil
+
+    from hemoseg.inference.outputs import write_dicom_seg
+    from hemoseg.inference.readers import read_dicom_series
+
+    def blob(name, drop_top=False):
+        study = read_dicom_series(sorted((tmp_path / "dicom" / name).iterdir()))
+        labels = ((study.pixels >= 50) & (study.pixels <= 90)).astype(np.uint8)
+        if drop_top:
+            labels[3] = 0
+        return labels, study
+
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    shutil.copy(predicted / "a" / "seg.dcm", refs / "a.dcm")                     # predict's own SEG
+    write_dicom_seg(*blob("b", drop_top=True), [IPH], refs / "b.dcm")             # a smaller reference
+    shutil.copy(predicted / "a" / "seg.dcm", refs / "c.dcm")                     # drawn on a's series
+    rc, _, err = score(capsys, predicted, refs, "--min-ml", "0", "--json", tmp_path / "s.json")
+    assert rc == 1 and err == [f"hemoseg: skipped: {refs / 'c.dcm'}: segments another series than the "
+                               "predicted study"]
+    rows = {r["study"]: r for r in json.loads((tmp_path / "s.json").read_text())["rows"]}
+    assert rows["a"]["dice"] == 1.0 and rows["a"]["reference_ml"] == pytest.approx(360 * VOXEL_ML)
+    assert rows["b"]["dice"] == pytest.approx(2 * 240 / (360 + 240))
+    assert rows["b"]["error_ml"] == pytest.approx(120 * VOXEL_ML)
+
+    # a segment named in the annotator's words: refused by name, accepted by --classes
+    labels, study = blob("c")
+    write_dicom_seg(labels, study, ["Contusion"], refs / "c.dcm")
+    for name in ("a.dcm", "b.dcm"):
+        (refs / name).unlink()
+    rc, _, err = score(capsys, predicted, refs)
+    assert rc == 2 and err[-2] == (f"hemoseg: skipped: {refs / 'c.dcm'}: segments ['Contusion'] are not model "
+                                   "classes; map segment numbers with --classes")
+    rc, out, _ = score(capsys, predicted, refs, "--classes", f"1={IPH}", "--json", tmp_path / "s.json")
+    assert rc == 1 and "1 study scored" in out
+    assert json.loads((tmp_path / "s.json").read_text())["rows"][0]["dice"] == 1.0

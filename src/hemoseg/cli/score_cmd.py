@@ -14,16 +14,18 @@ def register(sub) -> None:
     p = sub.add_parser(
         "score", help="score predicted studies against reference label volumes (3-D Dice, volumes)",
         description="For every study folder in PREDICTIONS (the --out of 'hemoseg predict' on DICOM or NIfTI "
-                    "studies), compare its labels.nii.gz with LABELS/<study>.nii[.gz] (or <study>_labels.nii[.gz]): "
+                    "studies), compare its labels.nii.gz with LABELS/<study>.nii[.gz] (or <study>_labels.nii[.gz]), "
+                    "or with a DICOM SEG LABELS/<study>.dcm drawn on the same series: "
                     "per study and class the 3-D Dice and the volume error in mL; per class the share of "
-                    "lesions within the tolerance, Bland-Altman bias and 95%% limits of agreement, and Lin's "
+                    "lesions within the tolerance, Bland-Altman bias and 95% limits of agreement, and Lin's "
                     "concordance correlation (definitions: docs/metrics.md). A study that cannot be scored is "
                     "named and skipped (exit status 1); the inputs are only read.")
     p.add_argument("predictions", type=Path, metavar="PREDICTIONS", help="output folder of 'hemoseg predict'")
-    p.add_argument("labels", type=Path, metavar="LABELS", help="folder of reference label volumes (NIfTI)")
+    p.add_argument("labels", type=Path, metavar="LABELS", help="folder of references (NIfTI label volumes, DICOM SEG)")
     p.add_argument("--classes", metavar="V=NAME,...",
-                   help="reference label value = model class name, e.g. '1=Intraparenchymal hemorrhage' "
-                        "(default: value k is the model's class k, as in predict's own labels.nii.gz)")
+                   help="reference label value (SEG: segment number) = model class name, e.g. "
+                        "'1=Intraparenchymal hemorrhage' (default: NIfTI value k is the model's class k, as in "
+                        "predict's own labels.nii.gz; SEG segments by their labels)")
     p.add_argument("--min-ml", type=float, default=1.0,
                    help="lesions above this reference volume count towards the tolerance (default 1)")
     p.add_argument("--tolerance", type=float, default=0.05,

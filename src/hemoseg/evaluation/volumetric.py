@@ -5,7 +5,8 @@ judged per study instead: 3-D Dice, the volume error in mL, and how well
 predicted volumes agree with reference ones across studies (Bland-Altman bias
 and limits of agreement, Lin's concordance correlation). This module computes
 those from the labels.nii.gz that `predict` writes and the label volumes a
-data set ships (BHSD, INSTANCE, CT-ICH, or `hemoseg synth`'s *_labels.nii.gz).
+data set ships (BHSD, INSTANCE, CT-ICH, or `hemoseg synth`'s *_labels.nii.gz), or
+the DICOM SEG a reader draws in OHIF or 3D Slicer.
 Definitions: docs/metrics.md, "Study-level volumetry".
 """
 
@@ -21,7 +22,8 @@ import numpy as np
 from hemoseg.errors import HemosegError
 
 LABEL_SUFFIXES = ("", "_labels")
-"""A reference for study S is LABELS/S.nii[.gz] or LABELS/S_labels.nii[.gz] (`hemoseg synth`)."""
+"""A reference for study S is LABELS/S.nii[.gz] or LABELS/S_labels.nii[.gz] (`hemoseg synth`),
+or a DICOM SEG LABELS/S.dcm (what OHIF, 3D Slicer or a PACS export)."""
 
 
 @dataclass
@@ -45,7 +47,7 @@ class VolumetryResult:
 
 def reference_for(labels_dir: Path, study: str) -> Path | None:
     for suffix in LABEL_SUFFIXES:
-        for ext in (".nii.gz", ".nii"):
+        for ext in (".nii.gz", ".nii", ".dcm"):
             p = labels_dir / f"{study}{suffix}{ext}"
             if p.is_file():
                 return p
@@ -66,32 +68,98 @@ def _label_volume(path: Path):
 
 
 def score_study(pred_path: Path, ref_path: Path, study: str, class_names: list[str],
-                reference_classes: dict[int, str]) -> list[dict]:
-    """Rows for every class named in both the model and the reference."""
-    pred, pred_affine, voxel_ml = _label_volume(pred_path)
-    ref, ref_affine, _ = _label_volume(ref_path)
-    if pred.shape != ref.shape:
-        raise HemosegError(f"reference grid {ref.shape} differs from the prediction's {pred.shape} "
-                           "(after orienting both the same way)", ref_path)
-    if pred_affine is not None and ref_affine is not None and not np.allclose(pred_affine, ref_affine, atol=1e-3):
-        raise HemosegError("reference is placed differently from the predicted study (their affines differ)",
-                           ref_path)
+                reference_classes: dict[int, str] | None, series_uid: str | None = None) -> list[dict]:
+    """Rows for every class named in both the model and the reference. `reference_classes`
+    maps reference values (NIfTI labels, SEG segment numbers) to class names; without it a
+    NIfTI label k is the model's class k and a SEG segment is matched by its label (a class
+    with no segment counts as absent)."""
+    pred, to_world, voxel_ml = _label_volume(pred_path)
     if voxel_ml is None:
         raise HemosegError("has no usable voxel size, so no volumes", pred_path)
-    unknown = sorted(set(np.unique(ref).tolist()) - set(reference_classes) - {0})
-    if unknown:
-        raise HemosegError(f"label values {unknown} have no class (see --classes)", ref_path)
+    if ref_path.suffix.lower() == ".dcm":
+        ref, names = _seg_reference(ref_path, pred.shape, to_world, class_names, reference_classes, series_uid)
+    else:
+        ref, ref_world, _ = _label_volume(ref_path)
+        if pred.shape != ref.shape:
+            raise HemosegError(f"reference grid {ref.shape} differs from the prediction's {pred.shape} "
+                               "(after orienting both the same way)", ref_path)
+        if to_world is not None and ref_world is not None and not np.allclose(to_world, ref_world, atol=1e-3):
+            raise HemosegError("reference is placed differently from the predicted study (their affines differ)",
+                               ref_path)
+        names = reference_classes or {k: n for k, n in enumerate(class_names, start=1)}
+        unknown = sorted(set(np.unique(ref).tolist()) - set(names) - {0})
+        if unknown:
+            raise HemosegError(f"label values {unknown} have no class (see --classes)", ref_path)
+    if not set(names.values()) & set(class_names):
+        raise HemosegError(f"none of the reference classes is a model class ({', '.join(class_names)})", ref_path)
     rows = []
-    for value, name in sorted(reference_classes.items()):
-        if name not in class_names:
+    for k, name in enumerate(class_names, start=1):
+        values = [v for v, n in names.items() if n == name]  # a SEG may hold one class in two segments
+        if not values:
             continue
-        p, r = pred == class_names.index(name) + 1, ref == value
+        p, r = pred == k, np.isin(ref, values)
         ps, rs, both = int(p.sum()), int(r.sum()), int(np.count_nonzero(p & r))
         rows.append({"study": study, "class": name, "reference_ml": rs * voxel_ml,
                      "predicted_ml": ps * voxel_ml, "error_ml": (ps - rs) * voxel_ml,
                      "rel_error": (ps - rs) / rs if rs else None,
                      "dice": 2 * both / (ps + rs) if ps + rs else None})
     return rows
+
+
+def _seg_reference(path: Path, shape, to_world, class_names: list[str], classes: dict[int, str] | None,
+                   series_uid: str | None) -> tuple[np.ndarray, dict[int, str]]:
+    """A DICOM SEG as segment numbers on the predicted study's voxel grid (Z,H,W), and the
+    class of each segment number. The SEG must lie on that grid exactly (it was drawn on the
+    same series); nothing is resampled."""
+    import highdicom as hd
+
+    def short(exc):
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+
+    try:
+        seg = hd.seg.segread(str(path))
+    except Exception as exc:  # pydicom and highdicom raise many types for a bad file
+        raise HemosegError(f"is not a readable DICOM SEG ({short(exc)})", path) from None
+    referenced = {r.SeriesInstanceUID for r in getattr(seg, "ReferencedSeriesSequence", [])}
+    if series_uid and referenced and series_uid not in referenced:
+        raise HemosegError("segments another series than the predicted study", path)
+    labels = {int(d.SegmentNumber): str(d.SegmentLabel) for d in seg.SegmentSequence}
+    if classes is None:
+        strangers = sorted(label for label in labels.values() if label not in class_names)
+        if strangers:
+            raise HemosegError(f"segments {strangers} are not model classes; map segment numbers with --classes",
+                               path)
+        # A SEG lists the findings it has: a model class it lacks is scored as empty, so
+        # the model's findings of that class count as false ones.
+        missing = [n for n in class_names if n not in labels.values()]
+        classes = {**labels, **{-k: n for k, n in enumerate(missing, start=1)}}
+    try:
+        vol = seg.get_volume(combine_segments=True, relabel=False)
+    except Exception as exc:  # overlapping or fractional segments, frames off one grid
+        raise HemosegError(f"cannot be read as one label volume ({short(exc)})", path) from None
+    if to_world is None:
+        raise HemosegError("the predicted study has no geometry to place a SEG on", path)
+    # SEG index (slice, row, col) -> LPS; predicted index (col, row, slice) -> RAS.
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
+    m = np.linalg.inv(to_world) @ lps_to_ras @ vol.affine
+    axes = np.rint(m[:3, :3])
+    on_grid = (np.allclose(m[:3, :3], axes, atol=1e-3) and (np.abs(axes).sum(axis=0) == 1).all()
+               and (np.abs(axes).sum(axis=1) == 1).all() and np.allclose(m[:3, 3], np.rint(m[:3, 3]), atol=1e-2))
+    if not on_grid:
+        raise HemosegError("is not on the predicted study's voxel grid (drawn on another series, or resampled)",
+                           path)
+    found = vol.array
+    s, r, c = np.nonzero(found)
+    col, row, sl = (axes @ np.stack([s, r, c]) + np.rint(m[:3, 3:4])).astype(np.int64)
+    z, h, w = shape
+    if s.size and not ((0 <= col) & (col < w) & (0 <= row) & (row < h) & (0 <= sl) & (sl < z)).all():
+        raise HemosegError("has segments outside the predicted study's volume", path)
+    unknown = sorted(set(np.unique(found[s, r, c]).tolist()) - set(classes))
+    if unknown:
+        raise HemosegError(f"segment numbers {unknown} have no class (see --classes)", path)
+    ref = np.zeros(shape, np.int64)
+    ref[sl, row, col] = found[s, r, c]
+    return ref, classes
 
 
 def agreement(x: np.ndarray, y: np.ndarray) -> dict:
@@ -154,12 +222,10 @@ def score_folders(predictions: Path, labels: Path, reference_classes: dict[int, 
                 raise HemosegError("has no labels.nii.gz (image-slice input has no geometry to score)", folder)
             ref = reference_for(labels, folder.name)
             if ref is None:
-                raise HemosegError(f"no reference named {folder.name}.nii[.gz] or "
-                                   f"{folder.name}_labels.nii[.gz] in {labels}", folder)
-            classes = reference_classes or {k: n for k, n in enumerate(names, start=1)}
-            if not set(classes.values()) & set(names):
-                raise HemosegError(f"none of the reference classes is a model class ({', '.join(names)})", folder)
-            result.rows += score_study(pred, ref, folder.name, names, classes)
+                raise HemosegError(f"no reference named {folder.name}.nii[.gz], {folder.name}_labels.nii[.gz] "
+                                   f"or {folder.name}.dcm in {labels}", folder)
+            series = (report.get("dicom_ids") or {}).get("SeriesInstanceUID")
+            result.rows += score_study(pred, ref, folder.name, names, reference_classes, series)
         except HemosegError as exc:
             result.failures.append(str(exc))
         except (OSError, ValueError, KeyError, TypeError) as exc:
