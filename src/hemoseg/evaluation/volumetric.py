@@ -203,9 +203,9 @@ def score_folders(predictions: Path, labels: Path, reference_classes: dict[int, 
                   min_ml: float = 1.0, tolerance: float = 0.05) -> VolumetryResult:
     """Every study folder of `predictions` (the --out of `predict`) against its reference.
 
-    Without `reference_classes`, reference label k is the model's class k (the numbering
-    of predict's own labels.nii.gz and of `hemoseg synth`)."""
-    for folder, what in ((predictions, "a 'hemoseg predict' output folder"), (labels, "a folder of label volumes")):
+    Without `reference_classes`, NIfTI label k is the model's class k (the numbering of
+    predict's own labels.nii.gz and of `hemoseg synth`) and SEG segments go by their labels."""
+    for folder, what in ((predictions, "a 'hemoseg predict' output folder"), (labels, "a folder of references")):
         if not folder.is_dir():
             raise HemosegError(f"is not {what}", folder)
     studies = sorted(p for p in predictions.iterdir() if (p / "report.json").is_file())
