@@ -13,7 +13,7 @@ from PIL import Image
 from blob_data import make_blob_export
 from hemoseg.cli.main import main
 from hemoseg.data.coco import load_dataset
-from hemoseg.data.preprocessing import NAMED_WINDOWS, Preprocessing, parse_windows
+from hemoseg.data.preprocessing import NAMED_WINDOWS, Preprocessing, parse_windows, window_to_uint8
 from hemoseg.data.synth import generate
 from hemoseg.training.checkpoint import load_checkpoint
 
@@ -50,6 +50,23 @@ def test_normalize_table_lookup_matches_the_arithmetic(windows, shape):
     x = prep.normalize(disp)
     assert x.dtype == np.float32 and x.shape == (*shape[:-2], len(windows), *shape[-2:])
     np.testing.assert_array_equal(x, prep.normalize(disp.astype(np.float32)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
+def test_windowing_is_the_plain_formula_to_the_bit(dtype):
+    """The in-place windowing equals round((HU - low) * 255 / width) clipped, computed in
+    float32, on every HU a scanner stores and on the half-way values where rounding turns."""
+    hu = np.arange(-1100, 3100, dtype=np.float32)
+    if dtype is not np.int16:
+        hu = np.concatenate([hu, np.arange(-1100, 3100, dtype=np.float32) + 0.5, [-1e4, 1e4]])
+    hu = hu.astype(dtype).reshape(1, -1)
+    for level, width in [*THREE, [30, 40], [35.5, 71]]:
+        lo = level - width / 2.0
+        plain = np.clip(np.rint((hu.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / width)), 0, 255)
+        np.testing.assert_array_equal(window_to_uint8(hu, level, width), plain.astype(np.uint8))
+    stacked = Preprocessing(windows=THREE).window_hu(hu)
+    for k, (level, width) in enumerate(THREE):
+        np.testing.assert_array_equal(stacked[..., k], window_to_uint8(hu, level, width))
 
 
 def test_checkpoints_from_before_multi_window_input_still_load():

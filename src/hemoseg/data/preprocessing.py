@@ -129,7 +129,7 @@ class Preprocessing:
     # --- intensity -------------------------------------------------------
     def window_hu(self, hu: np.ndarray) -> np.ndarray:
         """Hounsfield units (...) -> uint8 display values (..., C), as a CT viewer would."""
-        return np.stack([window_to_uint8(hu, lv, wd) for lv, wd in self.windows], axis=-1)
+        return window_stack(hu, self.windows)
 
     def normalize(self, display: np.ndarray) -> np.ndarray:
         """uint8 (or float 0..255) display values (..., H, W, C) -> float32 network input (..., C, H, W)."""
@@ -162,16 +162,33 @@ class Preprocessing:
         return resize_mask(mask, self.size)
 
 
-def window_to_uint8(hu: np.ndarray, center: float, width: float) -> np.ndarray:
+def window_to_uint8(hu: np.ndarray, center: float, width: float, out: np.ndarray | None = None) -> np.ndarray:
+    """HU -> uint8 display values: round((HU - low) * 255 / width), clipped to 0..255, in
+    float32. One scratch array worked in place: a fresh process pays a page fault for
+    every new page, and the plain expression allocated four arrays of the volume's size."""
     lo = center - width / 2.0
-    x = (np.asarray(hu, dtype=np.float32) - np.float32(lo)) * np.float32(255.0 / width)
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    x = np.subtract(hu, np.float32(lo), dtype=np.float32)
+    x *= np.float32(255.0 / width)
+    np.rint(x, out=x)
+    np.clip(x, 0, 255, out=x)
+    if out is None:
+        return x.astype(np.uint8)
+    np.copyto(out, x, casting="unsafe")
+    return out
+
+
+def window_stack(hu: np.ndarray, windows) -> np.ndarray:
+    """HU (...) -> uint8 (..., C), one channel per (level, width) window."""
+    out = np.empty(np.shape(hu) + (len(windows),), np.uint8)
+    for k, (level, width) in enumerate(windows):
+        window_to_uint8(hu, level, width, out=out[..., k])
+    return out
 
 
 def windowed_image(hu: np.ndarray, windows) -> np.ndarray:
     """HU (H, W) -> the uint8 pixels of an image file: gray (H, W) for one window,
     (H, W, 3) for three (one per R, G, B; IMAGE_WINDOW_COUNTS)."""
-    img = np.stack([window_to_uint8(hu, lv, wd) for lv, wd in windows], axis=-1)
+    img = window_stack(hu, windows)
     return img[..., 0] if len(windows) == 1 else img
 
 
