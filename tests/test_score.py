@@ -146,3 +146,19 @@ def test_dicom_seg_references_are_placed_on_the_predicted_grid(predicted, tmp_pa
     rc, out, _ = score(capsys, predicted, refs, "--classes", f"1={IPH}", "--json", tmp_path / "s.json")
     assert rc == 1 and "1 study scored" in out
     assert json.loads((tmp_path / "s.json").read_text())["rows"][0]["dice"] == 1.0
+
+
+def test_broken_reference_files_are_one_line_each(predicted, tmp_path, capsys):
+    import shutil
+
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    _reference(predicted, "a", refs / "a.nii.gz")
+    whole = (refs / "a.nii.gz").read_bytes()
+    (refs / "a.nii.gz").write_bytes(whole[: len(whole) // 2])                     # truncated
+    shutil.copy(next((tmp_path / "dicom" / "b").iterdir()), refs / "b.dcm")      # a CT slice, not a SEG
+    _reference(predicted, "c", refs / "c.nii.gz")
+    rc, out, err = score(capsys, predicted, refs)
+    assert rc == 1 and "1 study scored" in out and len(err) == 2
+    assert err[0].startswith(f"hemoseg: skipped: {refs / 'a.nii.gz'}: ")
+    assert err[1].startswith(f"hemoseg: skipped: {refs / 'b.dcm'}: is not a readable DICOM SEG")

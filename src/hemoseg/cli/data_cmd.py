@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from hemoseg.cli import argtypes
 from hemoseg.errors import HemosegError
 
 
@@ -117,20 +118,6 @@ def _stats(args) -> int:
     return 0
 
 
-def parse_classes(spec: str) -> dict[int, str]:
-    classes = {}
-    for part in (p.strip() for p in spec.split(",") if p.strip()):
-        value, sep, name = part.partition("=")
-        if not sep or not value.strip().isdigit() or not name.strip():
-            raise HemosegError(f"--classes: '{part}' is not VALUE=NAME (e.g. '1=Epidural hemorrhage')")
-        if int(value) in classes:
-            raise HemosegError(f"--classes: label value {int(value)} is named twice")
-        classes[int(value)] = name.strip()
-    if len(set(classes.values())) != len(classes):
-        raise HemosegError("--classes: two label values have the same name")
-    return classes
-
-
 def _from_nifti(args) -> int:
     from hemoseg.data.from_volumes import convert, summary_lines
     from hemoseg.data.preprocessing import parse_windows
@@ -141,7 +128,7 @@ def _from_nifti(args) -> int:
         raise HemosegError(f"--windows: {exc}") from None
     for folder in (args.images, args.labels):
         _refuse_inside(args.out, folder)
-    result = convert(args.images, args.labels, args.out, parse_classes(args.classes), windows,
+    result = convert(args.images, args.labels, args.out, argtypes.parse_classes(args.classes), windows,
                      valid=args.valid, test=args.test, negatives=args.negatives, seed=args.seed,
                      force=args.force)
     for line in result.skipped:

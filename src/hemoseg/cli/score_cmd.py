@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from hemoseg.cli import argtypes
 from hemoseg.errors import HemosegError
 
 
@@ -26,9 +27,9 @@ def register(sub) -> None:
                    help="reference label value (SEG: segment number) = model class name, e.g. "
                         "'1=Intraparenchymal hemorrhage' (default: NIfTI value k is the model's class k, as in "
                         "predict's own labels.nii.gz; SEG segments by their labels)")
-    p.add_argument("--min-ml", type=float, default=1.0,
+    p.add_argument("--min-ml", type=argtypes.non_negative(float), default=1.0,
                    help="lesions above this reference volume count towards the tolerance (default 1)")
-    p.add_argument("--tolerance", type=float, default=0.05,
+    p.add_argument("--tolerance", type=argtypes.positive(float), default=0.05,
                    help="relative volume error that counts as agreeing (default 0.05)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write every number as JSON")
     p.add_argument("--csv", type=Path, metavar="FILE", help="also write one row per study and class")
@@ -36,12 +37,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from hemoseg.cli.data_cmd import parse_classes
     from hemoseg.evaluation.volumetric import csv_text, markdown, score_folders
 
-    if args.min_ml < 0 or not 0 < args.tolerance < 10:
-        raise HemosegError("--min-ml must be >= 0 and --tolerance a positive fraction (0.05 = 5%)")
-    classes = parse_classes(args.classes) if args.classes else None
+    classes = argtypes.parse_classes(args.classes) if args.classes else None
     result = score_folders(args.predictions, args.labels, classes, args.min_ml, args.tolerance)
     if not result.rows:
         for line in result.failures:
