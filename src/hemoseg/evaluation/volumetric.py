@@ -108,22 +108,10 @@ def score_study(pred_path: Path, ref_path: Path, study: str, class_names: list[s
 
 def _seg_reference(path: Path, shape, to_world, class_names: list[str], classes: dict[int, str] | None,
                    series_uid: str | None) -> tuple[np.ndarray, dict[int, str]]:
-    """A DICOM SEG as segment numbers on the predicted study's voxel grid (Z,H,W), and the
-    class of each segment number. The SEG must lie on that grid exactly (it was drawn on the
-    same series); nothing is resampled."""
-    import highdicom as hd
+    """A SEG's segment numbers on the predicted grid, and the class of each number."""
+    from hemoseg.inference.segs import seg_on_grid
 
-    def short(exc):
-        return f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
-
-    try:
-        seg = hd.seg.segread(str(path))
-    except Exception as exc:  # pydicom and highdicom raise many types for a bad file
-        raise HemosegError(f"is not a readable DICOM SEG ({short(exc)})", path) from None
-    referenced = {r.SeriesInstanceUID for r in getattr(seg, "ReferencedSeriesSequence", [])}
-    if series_uid and referenced and series_uid not in referenced:
-        raise HemosegError("segments another series than the predicted study", path)
-    labels = {int(d.SegmentNumber): str(d.SegmentLabel) for d in seg.SegmentSequence}
+    ref, labels = seg_on_grid(path, shape, to_world, series_uid)
     if classes is None:
         strangers = sorted(label for label in labels.values() if label not in class_names)
         if strangers:
@@ -133,32 +121,9 @@ def _seg_reference(path: Path, shape, to_world, class_names: list[str], classes:
         # the model's findings of that class count as false ones.
         missing = [n for n in class_names if n not in labels.values()]
         classes = {**labels, **{-k: n for k, n in enumerate(missing, start=1)}}
-    try:
-        vol = seg.get_volume(combine_segments=True, relabel=False)
-    except Exception as exc:  # overlapping or fractional segments, frames off one grid
-        raise HemosegError(f"cannot be read as one label volume ({short(exc)})", path) from None
-    if to_world is None:
-        raise HemosegError("the predicted study has no geometry to place a SEG on", path)
-    # SEG index (slice, row, col) -> LPS; predicted index (col, row, slice) -> RAS.
-    lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
-    m = np.linalg.inv(to_world) @ lps_to_ras @ vol.affine
-    axes = np.rint(m[:3, :3])
-    on_grid = (np.allclose(m[:3, :3], axes, atol=1e-3) and (np.abs(axes).sum(axis=0) == 1).all()
-               and (np.abs(axes).sum(axis=1) == 1).all() and np.allclose(m[:3, 3], np.rint(m[:3, 3]), atol=1e-2))
-    if not on_grid:
-        raise HemosegError("is not on the predicted study's voxel grid (drawn on another series, or resampled)",
-                           path)
-    found = vol.array
-    s, r, c = np.nonzero(found)
-    col, row, sl = (axes @ np.stack([s, r, c]) + np.rint(m[:3, 3:4])).astype(np.int64)
-    z, h, w = shape
-    if s.size and not ((0 <= col) & (col < w) & (0 <= row) & (row < h) & (0 <= sl) & (sl < z)).all():
-        raise HemosegError("has segments outside the predicted study's volume", path)
-    unknown = sorted(set(np.unique(found[s, r, c]).tolist()) - set(classes))
+    unknown = sorted(set(np.unique(ref).tolist()) - set(classes) - {0})
     if unknown:
         raise HemosegError(f"segment numbers {unknown} have no class (see --classes)", path)
-    ref = np.zeros(shape, np.int64)
-    ref[sl, row, col] = found[s, r, c]
     return ref, classes
 
 
