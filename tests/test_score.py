@@ -129,7 +129,7 @@ def test_dicom_seg_references_are_placed_on_the_predicted_grid(predicted, tmp_pa
     shutil.copy(predicted / "a" / "seg.dcm", refs / "c.dcm")                     # drawn on a's series
     rc, _, err = score(capsys, predicted, refs, "--min-ml", "0", "--json", tmp_path / "s.json")
     assert rc == 1 and err == [f"hemoseg: skipped: {refs / 'c.dcm'}: segments another series than the "
-                               "predicted study"]
+                               "CT it is paired with"]
     rows = {r["study"]: r for r in json.loads((tmp_path / "s.json").read_text())["rows"]}
     assert rows["a"]["dice"] == 1.0 and rows["a"]["reference_ml"] == pytest.approx(360 * VOXEL_ML)
     assert rows["b"]["dice"] == pytest.approx(2 * 240 / (360 + 240))
