@@ -42,27 +42,40 @@ def register(sub):
                         "heavily imbalanced (default auto)")
     s.set_defaults(func=_stats)
 
-    v = dsub.add_parser(
-        "from-nifti", help="CT + label volumes (NIfTI) -> a COCO export to train on",
-        description="Convert IMAGES/<name>.nii[.gz] CT volumes (Hounsfield units) with LABELS/<name>.nii[.gz] "
-                    "label volumes, as public hemorrhage datasets ship them, into train/valid/test COCO "
-                    "splits. Split by volume (patient), seeded; slices windowed as 'predict' windows DICOM; "
-                    "masks as exact RLE. A pair that cannot be converted is reported and skipped "
-                    "(exit status 1); the inputs are only read.")
-    v.add_argument("images", type=Path, metavar="IMAGES", help="folder of CT volumes")
-    v.add_argument("labels", type=Path, metavar="LABELS", help="folder of label volumes, same file names")
-    v.add_argument("--out", type=Path, required=True, metavar="DIR", help="new dataset folder")
-    v.add_argument("--classes", required=True, metavar="V=NAME,...",
-                   help="label value = class name, e.g. '1=Epidural hemorrhage,2=Intraparenchymal hemorrhage'")
-    v.add_argument("--windows", default="brain", metavar="W[,W,W]",
-                   help="one window (gray PNG) or three (one per R, G, B): names or L/W pairs (default brain)")
-    v.add_argument("--valid", type=float, default=0.1, help="share of volumes for validation (default 0.1)")
-    v.add_argument("--test", type=float, default=0.1, help="share of volumes for test (default 0.1)")
-    v.add_argument("--negatives", type=float, default=0.25,
-                   help="share of label-free slices through the head to keep (default 0.25)")
-    v.add_argument("--seed", type=int, default=0, help="seed for the split and the negatives (default 0)")
-    v.add_argument("--force", action="store_true", help="replace --out if it exists")
-    v.set_defaults(func=_from_nifti)
+    common = ("into train/valid/test COCO splits. Split by patient (one volume or series each), seeded; "
+              "slices windowed as 'predict' windows DICOM; masks as exact RLE. A pair that cannot be "
+              "converted is reported and skipped (exit status 1); the inputs are only read.")
+    sources = {
+        "from-nifti": ("nifti", "CT + label volumes (NIfTI) -> a COCO export to train on",
+                       "Convert IMAGES/<name>.nii[.gz] CT volumes (Hounsfield units) with LABELS/<name>.nii[.gz] "
+                       "label volumes, as public hemorrhage datasets ship them, " + common,
+                       ("images", "IMAGES", "folder of CT volumes"),
+                       ("labels", "LABELS", "folder of label volumes, same file names"),
+                       "label value = class name, e.g. '1=Epidural hemorrhage,2=Intraparenchymal hemorrhage'"),
+        "from-dicom": ("dicom", "DICOM series + DICOM SEG annotations -> a COCO export to train on",
+                       "Convert the DICOM series under SERIES (one folder each, named as 'predict' names "
+                       "studies) with SEGS/<name>.dcm, the DICOM SEG a reader drew on that series in OHIF "
+                       "or 3D Slicer, " + common,
+                       ("images", "SERIES", "folder of DICOM series, one subfolder each"),
+                       ("labels", "SEGS", "folder of DICOM SEG files named after the series folders"),
+                       "category id = segment label, e.g. '1=Epidural hemorrhage,2=Intraparenchymal hemorrhage' "
+                       "(segments are matched by their labels)"),
+    }
+    for command, (source, summary, description, images, labels, classes_help) in sources.items():
+        v = dsub.add_parser(command, help=summary, description=description)
+        for dest, metavar, text in (images, labels):
+            v.add_argument(dest, type=Path, metavar=metavar, help=text)
+        v.add_argument("--out", type=Path, required=True, metavar="DIR", help="new dataset folder")
+        v.add_argument("--classes", required=True, metavar="V=NAME,...", help=classes_help)
+        v.add_argument("--windows", default="brain", metavar="W[,W,W]",
+                       help="one window (gray PNG) or three (one per R, G, B): names or L/W pairs (default brain)")
+        v.add_argument("--valid", type=float, default=0.1, help="share of patients for validation (default 0.1)")
+        v.add_argument("--test", type=float, default=0.1, help="share of patients for test (default 0.1)")
+        v.add_argument("--negatives", type=float, default=0.25,
+                       help="share of label-free slices through the head to keep (default 0.25)")
+        v.add_argument("--seed", type=int, default=0, help="seed for the split and the negatives (default 0)")
+        v.add_argument("--force", action="store_true", help="replace --out if it exists")
+        v.set_defaults(func=_convert_volumes, source=source)
 
 
 def _check(args) -> int:
@@ -118,7 +131,7 @@ def _stats(args) -> int:
     return 0
 
 
-def _from_nifti(args) -> int:
+def _convert_volumes(args) -> int:
     from hemoseg.data.from_volumes import convert, summary_lines
     from hemoseg.data.preprocessing import parse_windows
 
@@ -129,7 +142,7 @@ def _from_nifti(args) -> int:
     for folder in (args.images, args.labels):
         _refuse_inside(args.out, folder)
     result = convert(args.images, args.labels, args.out, argtypes.parse_classes(args.classes), windows,
-                     valid=args.valid, test=args.test, negatives=args.negatives, seed=args.seed,
+                     source=args.source, valid=args.valid, test=args.test, negatives=args.negatives, seed=args.seed,
                      force=args.force)
     for line in result.skipped:
         print(f"hemoseg: skipped: {line}", file=sys.stderr)

@@ -1,9 +1,12 @@
-"""CT volumes with label volumes (NIfTI) -> the COCO export `hemoseg train` reads.
+"""CT volumes with label volumes -> the COCO export `hemoseg train` reads.
 
-Most public hemorrhage sets ship this way (BHSD, INSTANCE, PhysioNet CT-ICH: one CT
-volume and one label volume per patient), not as Roboflow exports. The conversion:
+Most public hemorrhage sets ship as NIfTI pairs (BHSD, INSTANCE, PhysioNet CT-ICH: one
+CT volume and one label volume per patient), and a hospital's own annotations are
+DICOM series with the DICOM SEG a reader drew on them (OHIF, 3D Slicer), not Roboflow
+exports. The conversion:
 
-* pairs IMAGES/<name>.nii[.gz] with LABELS/<name>.nii[.gz];
+* pairs IMAGES/<name>.nii[.gz] with LABELS/<name>.nii[.gz], or each DICOM series
+  folder SERIES/<name>/ with SEGS/<name>.dcm (placed on the series' own voxel grid);
 * splits by volume, so no patient appears in two splits (seeded, reproducible);
 * reads both through the same reader `predict` uses (same orientation: radiological
   axial slices, inferior first), so a model trained on the export sees slices the way
@@ -107,13 +110,64 @@ def _label_slices(study, path: Path, image, classes: dict[int, str]) -> np.ndarr
     return labels.astype(np.uint8)
 
 
-def convert(images: Path, labels: Path, out: Path, classes: dict[int, str], windows: tuple[Window, ...],
-            *, valid: float = 0.1, test: float = 0.1, negatives: float = 0.25, seed: int = 0,
-            force: bool = False) -> Conversion:
-    """Write OUT/{train,valid,test}/ (images + _annotations.coco.json). OUT appears only
-    when complete: everything is written to a hidden folder beside it, then renamed."""
+def _nifti_pair(name: str, image: Path, label: Path, classes: dict[int, str]):
     from hemoseg.inference.readers import read_nifti
 
+    study = read_nifti(image, name=name)
+    if not study.is_hu:
+        raise HemosegError("holds 8-bit display values, not Hounsfield units", image)
+    return study, _label_slices(read_nifti(label, name=name), label, study, classes)
+
+
+def find_dicom_pairs(series: Path, segs: Path):
+    """(name, StudyInput, SEG path) for every DICOM series under SERIES with SEGS/<name>.dcm."""
+    from hemoseg.inference.readers import discover
+
+    for folder, what in ((series, "DICOM series"), (segs, "DICOM SEG files")):
+        if not folder.is_dir():
+            raise HemosegError(f"is not a folder of {what}", folder)
+    items, found = discover([series])
+    problems = [str(exc) for _, exc in found]
+    pairs = []
+    for item in items:
+        seg = segs / f"{item.name}.dcm"
+        if item.kind != "dicom":
+            problems.append(f"{item.origin}: is not a DICOM series")
+        elif seg.is_file():
+            pairs.append((item.name, item, seg))
+        else:
+            problems.append(f"{item.origin}: no DICOM SEG named {item.name}.dcm in {segs}")
+    if not pairs and not problems:
+        raise HemosegError("holds no DICOM series", series)
+    return pairs, problems
+
+
+def _dicom_pair(name: str, item, seg: Path, classes: dict[int, str]):
+    from hemoseg.inference.readers import load_study
+    from hemoseg.inference.segs import seg_on_grid
+
+    study = load_study(item)
+    segments, labels = seg_on_grid(seg, study.shape, study.affine, study.dicom[0].get("SeriesInstanceUID"))
+    class_of = {n: k for k, n in classes.items()}
+    strangers = sorted(set(labels.values()) - set(class_of))
+    if strangers:
+        raise HemosegError(f"segments {strangers} have no class (--classes names "
+                           f"{', '.join(classes.values())})", seg)
+    lut = np.zeros(max(labels) + 1, np.uint8)
+    for number, label in labels.items():
+        lut[number] = class_of[label]
+    return study, lut[segments]
+
+
+SOURCES = {"nifti": (find_pairs, _nifti_pair), "dicom": (find_dicom_pairs, _dicom_pair)}
+
+
+def convert(images: Path, labels: Path, out: Path, classes: dict[int, str], windows: tuple[Window, ...],
+            *, source: str = "nifti", valid: float = 0.1, test: float = 0.1, negatives: float = 0.25,
+            seed: int = 0, force: bool = False) -> Conversion:
+    """Write OUT/{train,valid,test}/ (images + _annotations.coco.json) from NIfTI pairs
+    (`source` "nifti") or DICOM series with SEGs ("dicom"). OUT appears only when
+    complete: everything is written to a hidden folder beside it, then renamed."""
     if len(windows) not in IMAGE_WINDOW_COUNTS:
         raise HemosegError(f"an image file holds {' or '.join(map(str, IMAGE_WINDOW_COUNTS))} windows "
                            f"(gray or R, G, B), not {len(windows)}")
@@ -123,7 +177,8 @@ def convert(images: Path, labels: Path, out: Path, classes: dict[int, str], wind
         if not 0 <= frac <= 1:
             raise HemosegError(f"{flag} must be a fraction between 0 and 1, got {frac:g}")
     refuse_existing(out, force)
-    pairs, skipped = find_pairs(images, labels)
+    find, load = SOURCES[source]
+    pairs, skipped = find(images, labels)
     split_of = assign_splits([name for name, _, _ in pairs], valid, test, seed)
 
     ids = sorted(classes)
@@ -138,10 +193,7 @@ def convert(images: Path, labels: Path, out: Path, classes: dict[int, str], wind
             (tmp / s).mkdir(parents=True)
         for name, img_path, lab_path in pairs:
             try:
-                study = read_nifti(img_path, name=name)
-                if not study.is_hu:
-                    raise HemosegError("holds 8-bit display values, not Hounsfield units", img_path)
-                lab = _label_slices(read_nifti(lab_path, name=name), lab_path, study, classes)
+                study, lab = load(name, img_path, lab_path, classes)
             except HemosegError as exc:
                 result.skipped.append(str(exc))
                 continue
