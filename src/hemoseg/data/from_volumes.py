@@ -129,11 +129,9 @@ def find_dicom_pairs(series: Path, segs: Path):
     items, found = discover([series])
     problems = [str(exc) for _, exc in found]
     pairs = []
-    for item in items:
+    for item in (i for i in items if i.kind == "dicom"):  # NIfTI or images beside the series are not asked for
         seg = segs / f"{item.name}.dcm"
-        if item.kind != "dicom":
-            problems.append(f"{item.origin}: is not a DICOM series")
-        elif seg.is_file():
+        if seg.is_file():
             pairs.append((item.name, item, seg))
         else:
             problems.append(f"{item.origin}: no DICOM SEG named {item.name}.dcm in {segs}")
