@@ -182,6 +182,23 @@ def test_dicom_without_pixel_data(tmp_path):
                             "Storage; the file may be truncated); hemoseg needs CT image slices")
 
 
+def test_a_seg_saved_beside_the_ct_is_skipped_with_a_warning(tmp_path):
+    """PACS exports and earlier runs leave DICOM SEG objects beside the CT: they carry pixel
+    data but are not slices, so they neither count as a second series nor get read."""
+    from hemoseg.inference.outputs import write_dicom_seg
+
+    vol = ct_volume(z=3)
+    files = write_ct_series(tmp_path / "s", vol)
+    seg = tmp_path / "s" / "zz_seg.dcm"
+    write_dicom_seg((vol == 70).astype(np.uint8), read_dicom_series(_paths(files)), ["IPH"], seg)
+    study = read_dicom_series(sorted((tmp_path / "s").iterdir()))
+    np.testing.assert_array_equal(study.pixels, vol)
+    assert study.warnings == ["skipped 1 DICOM object(s) that are not images "
+                              "(e.g. zz_seg.dcm: SOP class Segmentation Storage)"]
+    with pytest.raises(HemosegError, match=r"zz_seg.dcm: is Modality SEG; hemoseg segments CT only"):
+        read_dicom_series([seg])
+
+
 def test_dicom_slice_without_pixel_data_inside_series_fails(tmp_path):
     import pydicom
 

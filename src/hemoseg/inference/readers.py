@@ -359,10 +359,20 @@ def read_dicom_series(paths, name: str | None = None, origin: Path | None = None
     name = name or (origin.name if origin.is_dir() else _stem(origin))
     warnings: list[str] = []
 
-    images, no_pixels = [], []
+    images, no_pixels, derived = [], [], []
     for p in paths:
         ds = _dcmread(p)
-        (images if any(k in ds for k in _PIXEL_KEYWORDS) else no_pixels).append((p, ds))
+        if not any(k in ds for k in _PIXEL_KEYWORDS):
+            no_pixels.append((p, ds))
+        elif _is_image_sop(ds):
+            images.append((p, ds))
+        else:  # a SEG, RT dose or the like saved beside the CT: not a slice to read
+            derived.append((p, ds))
+    if derived and images:
+        warnings.append(f"skipped {len(derived)} DICOM object(s) that are not images "
+                        f"(e.g. {derived[0][0].name}: {_sop_name(derived[0][1])})")
+    elif derived:
+        images = derived  # nothing else to read: the CT-only check below names what it is
     if not images:
         if len(no_pixels) == 1:
             p, ds = no_pixels[0]
