@@ -203,6 +203,35 @@ def test_batch_one_bad_study_is_skipped(tmp_path, capsys, fake, run_dir):
     assert [r["status"] for r in rows] == ["ok", "failed", "failed"]
 
 
+def test_each_series_splits_a_flat_pacs_export(tmp_path, capsys, fake, run_dir):
+    """A whole study exported into one folder: an axial series with a bleed, a second
+    reconstruction without, and a localizer. One clear line without --each-series; with
+    it, one study per image series and the localizer left out, in each report."""
+    import pydicom
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    blob, clean = ct_volume(), ct_volume(blob=False)
+    for number, vol, image_type in ((2, blob, None), (3, clean, None), (1, clean[:1], "LOCALIZER")):
+        for path, _ in write_ct_series(tmp_path / f"s{number}", vol):
+            ds = pydicom.dcmread(path)
+            ds.SeriesNumber = number
+            if image_type:
+                ds.ImageType = ["ORIGINAL", "PRIMARY", image_type]
+            ds.save_as(flat / f"s{number}_{path.name}")
+    rc, _, err = predict(capsys, run_dir, flat, "--out", tmp_path / "out")
+    assert rc == 2 and "holds 3 DICOM series" in err and not _visible(tmp_path / "out")
+    rc, out, err = predict(capsys, run_dir, flat, "--out", tmp_path / "out", "--each-series")
+    assert rc == 0 and _visible(tmp_path / "out") == ["flat_S2", "flat_S3", "summary.csv", "summary.json"]
+    reports = {n: json.loads((tmp_path / "out" / n / "report.json").read_text()) for n in ("flat_S2", "flat_S3")}
+    iph = {n: next(c for c in r["classes"] if c["class"] == "Intraparenchymal hemorrhage") for n, r in reports.items()}
+    assert iph["flat_S2"]["volume_ml"] == pytest.approx(BLOB_ML) and iph["flat_S3"]["volume_ml"] == 0
+    for r in reports.values():
+        assert r["n_source_files"] == 6
+        assert f"{flat} holds 2 image series, each read as its own study; left out series 1 (1 localizer image(s))" \
+            in r["warnings"]
+
+
 def test_existing_output_needs_force(tmp_path, capsys, fake, run_dir):
     src = write_png(tmp_path / "a.png", np.zeros((8, 8)))
     out = tmp_path / "out"

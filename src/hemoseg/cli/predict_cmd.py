@@ -22,7 +22,7 @@ INPUT may be any mix of:
 Files that cannot hold image slices (README.txt, DICOMDIR, a DICOM SEG or
 report saved beside the CT, ...) are skipped with a warning; an unreadable
 DICOM file fails its study. Several image series in one folder fail that
-folder: put each series in its own subfolder.
+folder: put each series in its own subfolder, or pass --each-series.
 
 Per study, DIR/<study>/ receives report.html/.json/.csv, montage.png,
 masks/ and overlays/ (one PNG per slice), labels.nii.gz (DICOM/NIfTI input)
@@ -52,6 +52,10 @@ def register(sub):
                    help="inference engine (default: auto)")
     p.add_argument("--force", action="store_true",
                    help="replace existing outputs of the same study names in DIR")
+    p.add_argument("--each-series", action="store_true",
+                   help="a folder holding several image series (a flat PACS export of a whole study) gives "
+                        "one study per series, DIR/<folder>_S<SeriesNumber>, instead of an error; localizer "
+                        "(scout) series are left out, and each report says so")
     p.set_defaults(func=_run)
 
 
@@ -71,7 +75,7 @@ def _run(args) -> int:
     out = Path(args.out)
     model = {"run": str(run), "backend": args.backend, "tta": bool(args.tta)}
     batch = run_batch(lambda: load_predictor(run, args.backend), args.inputs, out,
-                      tta=args.tta, force=args.force, model=model)
+                      tta=args.tta, force=args.force, model=model, each_series=args.each_series)
     n_ok, n_bad = len(batch.succeeded), len(batch.failed)
     if n_ok:
         tail = f", {n_bad} failed" if n_bad else ""

@@ -196,7 +196,7 @@ def warm_up(predictor=None) -> None:
 
 
 def run_batch(predictor, inputs, out_dir, *, tta: bool = False, force: bool = False,
-              model: dict | None = None, progress: bool | None = None,
+              model: dict | None = None, progress: bool | None = None, each_series: bool = False,
               out=None, err=None) -> BatchResult:
     """Predict every study under `inputs` into `out_dir`.
 
@@ -210,7 +210,7 @@ def run_batch(predictor, inputs, out_dir, *, tta: bool = False, force: bool = Fa
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise HemosegError("output path exists and is not a folder", out_dir)
-    items, problems = discover(inputs, exclude=[out_dir])
+    items, problems = discover(inputs, exclude=[out_dir], each_series=each_series)
     batch = BatchResult(out_dir=out_dir)
     for path, exc in problems:
         line = _one_line(path, exc)

@@ -59,6 +59,8 @@ class StudyInput:
     origin: Path
     """The file or folder named in messages about this study."""
     ignored: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """Said in the study's report (e.g. what splitting its folder left out)."""
 
 
 def _is_nifti(p: Path) -> bool:
@@ -165,9 +167,10 @@ def _discover_file(p: Path) -> StudyInput:
     return StudyInput(_stem(p), kind, [p], p)
 
 
-def discover(inputs, exclude=()) -> tuple[list[StudyInput], list[tuple[Path, HemosegError]]]:
+def discover(inputs, exclude=(), each_series: bool = False) -> tuple[list[StudyInput], list[tuple[Path, HemosegError]]]:
     """Expand CLI inputs into studies; unusable inputs come back as
-    (path, error) pairs so one bad path never stops the rest of a batch."""
+    (path, error) pairs so one bad path never stops the rest of a batch. With
+    `each_series`, a folder of several image series gives one study per series."""
     studies: list[StudyInput] = []
     problems: list[tuple[Path, HemosegError]] = []
     exclude = [Path(e) for e in exclude]
@@ -186,6 +189,8 @@ def discover(inputs, exclude=()) -> tuple[list[StudyInput], list[tuple[Path, Hem
             problems.append((p, HemosegError("permission denied", p)))
         except HemosegError as exc:
             problems.append((p, exc))
+    if each_series:
+        studies = [part for s in studies for part in split_series(s)]
     # unique, folder-safe names (two inputs may share a folder name)
     seen: dict[str, int] = {}
     for s in studies:
@@ -207,7 +212,50 @@ def load_study(item: StudyInput) -> Study:
     if item.ignored:
         shown = ", ".join(p.name for p in item.ignored[:5]) + (", ..." if len(item.ignored) > 5 else "")
         study.warnings.append(f"ignored {len(item.ignored)} non-DICOM file(s) in {item.origin}: {shown}")
+    study.warnings += item.notes
     return study
+
+
+def split_series(item: StudyInput) -> list[StudyInput]:
+    """A folder of DICOM files that holds several image series (a flat PACS export of a
+    whole study) -> one StudyInput per series, named <folder>_S<SeriesNumber>. Localizer
+    (scout) series and objects that are not images are left out and said so. A folder
+    with one series, or with a file whose header cannot be read, is returned as it is:
+    the reader then names the problem."""
+    import pydicom
+
+    if item.kind != "dicom" or len(item.paths) < 2:
+        return [item]
+    tags = ["SeriesInstanceUID", "SeriesNumber", "SOPClassUID", "ImageType"]
+    groups: dict[str, list[tuple[Path, object]]] = {}
+    for p in item.paths:
+        try:
+            ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=tags)
+        except Exception:  # the reader gives the one-line error for this file
+            return [item]
+        groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((p, ds))
+    series, left_out = [], []
+    for uid, members in groups.items():
+        ds = members[0][1]
+        image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+        number = ds.get("SeriesNumber")
+        label = f"series {number if number is not None else uid}"
+        if not _is_image_sop(ds):
+            left_out.append(f"{label} ({len(members)} non-image object(s): {_sop_name(ds)})")
+        elif "LOCALIZER" in image_type:
+            left_out.append(f"{label} ({len(members)} localizer image(s))")
+        else:
+            series.append((number, uid, [p for p, _ in members]))
+    if len(series) < 2:
+        return [item]
+    notes = [f"{item.origin} holds {len(series)} image series, each read as its own study"
+             + (f"; left out {', '.join(left_out)}" if left_out else "")]
+    out = []
+    for number, uid, paths in sorted(series, key=lambda s: (s[0] is None, s[0] if s[0] is not None else 0, s[1])):
+        tag = f"S{number}" if number is not None else uid.rsplit(".", 1)[-1][-8:]
+        out.append(StudyInput(f"{item.name}_{tag}", "dicom", paths, item.origin, ignored=item.ignored,
+                              notes=list(notes)))
+    return out
 
 
 def read_path(path) -> list[Study]:
