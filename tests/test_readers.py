@@ -199,6 +199,23 @@ def test_a_seg_saved_beside_the_ct_is_skipped_with_a_warning(tmp_path):
         read_dicom_series([seg])
 
 
+def test_the_localizer_beside_an_axial_series_is_skipped_but_not_read_alone(tmp_path):
+    """Every CT study has a scout; exported into the same folder it is not a second candidate."""
+    import pydicom
+
+    vol = ct_volume(z=3)
+    write_ct_series(tmp_path / "s", vol)
+    for path, _ in write_ct_series(tmp_path / "scout", ct_volume(z=1, blob=False)):
+        ds = pydicom.dcmread(path)
+        ds.ImageType, ds.SeriesNumber = ["ORIGINAL", "PRIMARY", "LOCALIZER"], 1
+        ds.save_as(tmp_path / "s" / "scout.dcm")
+    study = read_dicom_series(sorted((tmp_path / "s").iterdir()))
+    np.testing.assert_array_equal(study.pixels, vol)
+    assert study.warnings == ["skipped 1 localizer (scout) series (1 image(s), e.g. scout.dcm)"]
+    with pytest.raises(HemosegError, match=r"scout.dcm: holds only localizer \(scout\) images"):
+        read_dicom_series([tmp_path / "s" / "scout.dcm"])
+
+
 def test_dicom_slice_without_pixel_data_inside_series_fails(tmp_path):
     import pydicom
 

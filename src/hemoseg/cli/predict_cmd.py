@@ -20,9 +20,10 @@ INPUT may be any mix of:
   a PNG/JPG slice (one single-slice study), or a folder of them (one study,
     slices in natural name order; spacing unknown, so no volumes).
 Files that cannot hold image slices (README.txt, DICOMDIR, a DICOM SEG or
-report saved beside the CT, ...) are skipped with a warning; an unreadable
-DICOM file fails its study. Several image series in one folder fail that
-folder: put each series in its own subfolder, or pass --each-series.
+report saved beside the CT, ...) and a localizer (scout) series beside the
+axial one are skipped with a warning; an unreadable DICOM file fails its
+study. Several image series in one folder fail that folder: put each series
+in its own subfolder, or pass --each-series.
 
 Per study, DIR/<study>/ receives report.html/.json/.csv, montage.png,
 masks/ and overlays/ (one PNG per slice), labels.nii.gz (DICOM/NIfTI input)

@@ -237,12 +237,11 @@ def split_series(item: StudyInput) -> list[StudyInput]:
     series, left_out = [], []
     for uid, members in groups.items():
         ds = members[0][1]
-        image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
         number = ds.get("SeriesNumber")
         label = f"series {number if number is not None else uid}"
         if not _is_image_sop(ds):
             left_out.append(f"{label} ({len(members)} non-image object(s): {_sop_name(ds)})")
-        elif "LOCALIZER" in image_type:
+        elif _is_localizer(ds):
             left_out.append(f"{label} ({len(members)} localizer image(s))")
         else:
             series.append((number, uid, [p for p, _ in members]))
@@ -432,6 +431,16 @@ def read_dicom_series(paths, name: str | None = None, origin: Path | None = None
     series: dict[str, list] = {}
     for p, ds in images:
         series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((p, ds))
+    scouts = [u for u, members in series.items() if _is_localizer(members[0][1])]
+    if scouts and len(scouts) == len(series):
+        raise HemosegError("holds only localizer (scout) images; hemoseg segments axial CT series", origin)
+    if scouts:  # the scout a CT study always has: not a candidate
+        n = sum(len(series[u]) for u in scouts)
+        warnings.append(f"skipped {len(scouts)} localizer (scout) series ({n} image(s), "
+                        f"e.g. {series[scouts[0]][0][0].name})")
+        for u in scouts:
+            del series[u]
+        images = [m for members in series.values() for m in members]
     if len(series) > 1:
         uids = sorted(series)
         counts = ", ".join(f"{u or '<no UID>'} ({len(series[u])} files)" for u in uids)
@@ -515,6 +524,11 @@ def read_dicom_series(paths, name: str | None = None, origin: Path | None = None
         dicom_frames=list(order) if multiframe else None, affine=affine,
         slice_sources=[p.name for p, _ in images], warnings=warnings,
     )
+
+
+def _is_localizer(ds) -> bool:
+    """A scout/topogram: ImageType's third value is LOCALIZER (DICOM CT Image module)."""
+    return "LOCALIZER" in [str(v).upper() for v in (ds.get("ImageType") or [])]
 
 
 def _is_image_sop(ds) -> bool:
