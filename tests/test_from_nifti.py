@@ -119,6 +119,26 @@ def test_bad_pairs_are_reported_and_skipped(volumes, tmp_path, capsys):
     assert sorted(p.stat().st_mtime_ns for p in labels.iterdir()) == before  # inputs untouched
 
 
+def test_a_label_file_in_another_axis_order_is_the_same_grid(volumes, tmp_path, capsys):
+    """ITK tools store LPS, others RAS: the same voxels in another array layout must convert,
+    with masks exact, while a real shift (test above) is still refused."""
+    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+    images, labels, truth = volumes
+    img = nib.load(labels / "p0.nii.gz")
+    to_lps = ornt_transform(io_orientation(img.affine), axcodes2ornt(("L", "P", "S")))
+    nib.save(img.as_reoriented(to_lps), str(labels / "p0.nii.gz"))
+    assert nib.aff2axcodes(nib.load(labels / "p0.nii.gz").affine) == ("L", "P", "S")
+    out = tmp_path / "coco"
+    assert convert(images, labels, out) == 0
+    ds = load_dataset(out)
+    recs = [(r, sp) for sp in ds.splits.values() for r in sp.images if r.path.stem.startswith("p0_z")]
+    assert recs
+    for rec, sp in recs:
+        z = int(rec.path.stem.rsplit("_z", 1)[1])
+        np.testing.assert_array_equal(rasterize(rec, sp.classes, "multiclass"), truth["p0"][1][z])
+
+
 def test_refusals_are_one_line_and_leave_nothing(volumes, tmp_path, capsys):
     images, labels, _ = volumes
     out = tmp_path / "coco"

@@ -93,12 +93,17 @@ def assign_splits(names: list[str], valid: float, test: float, seed: int) -> dic
 
 
 def _label_slices(study, path: Path, image, classes: dict[int, str]) -> np.ndarray:
+    from hemoseg.inference.readers import voxel_to_world
+
     values = study.pixels
     if values.shape != image.shape:
         raise HemosegError(f"label grid {values.shape} differs from the image's {image.shape} "
                            "(after orienting both the same way)", path)
-    if study.affine is not None and image.affine is not None and not np.allclose(study.affine, image.affine,
-                                                                                  atol=1e-3):
+    # Compare where voxels of the oriented arrays lie, not the files' own affines: a label
+    # file may store the same grid in another axis order (ITK tools write LPS).
+    label_world, image_world = voxel_to_world(study), voxel_to_world(image)
+    if label_world is not None and image_world is not None and not np.allclose(label_world, image_world,
+                                                                                atol=1e-3):
         raise HemosegError("label volume is placed differently from the image (their affines differ)", path)
     labels = np.rint(values).astype(np.int64)
     if not np.allclose(values, labels, atol=1e-3):
