@@ -1,6 +1,6 @@
 """`hemoseg data check` and `hemoseg data stats`: look at an export before training on
-it (both only read the dataset); `hemoseg data from-nifti`: make one from CT and label
-volumes (data/from_volumes.py)."""
+it (both only read the dataset); `hemoseg data from-nifti` and `from-dicom`: make one
+from CT volumes with label volumes or DICOM SEG (data/from_volumes.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from hemoseg.errors import HemosegError
 
 
 def register(sub):
-    p = sub.add_parser("data", help="check or summarise a COCO export, or make one from NIfTI volumes",
+    p = sub.add_parser("data", help="check or summarise a COCO export, or make one from NIfTI or DICOM + SEG",
                        description="Inspect a COCO segmentation export (read-only), or make one from CT "
-                                   "and label volumes.")
+                                   "volumes with label volumes or DICOM SEG.")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     c = dsub.add_parser(
