@@ -160,7 +160,7 @@ def measure(labels: np.ndarray, spacing, class_names: list[str]) -> StudyMeasure
         per_slice = mask.sum(axis=(1, 2))
         if voxels:
             z = int(np.argmax(per_slice))
-            ncomp = components_3d(mask)[1]
+            comps, ncomp = components_3d(mask)
         else:
             z, ncomp = None, 0
         m = ClassMeasurement(
@@ -178,7 +178,7 @@ def measure(labels: np.ndarray, spacing, class_names: list[str]) -> StudyMeasure
             elif not voxels:
                 m.abc2_note = "no lesion"
             else:
-                m.abc2 = abc2(mask, sp)
+                m.abc2 = abc2(comps, ncomp, sp)
         classes.append(m)
     total = int(sum(c.voxels for c in classes))
     return StudyMeasurements(
@@ -187,9 +187,9 @@ def measure(labels: np.ndarray, spacing, class_names: list[str]) -> StudyMeasure
     )
 
 
-def abc2(mask: np.ndarray, spacing) -> ABC2 | None:
-    """ABC/2 of the largest connected lesion in a boolean (Z,H,W) mask."""
-    comps, n = components_3d(mask)
+def abc2(comps: np.ndarray, n: int, spacing) -> ABC2 | None:
+    """ABC/2 of the largest of the `n` connected lesions labelled 1..n in `comps` (Z,H,W),
+    as components_3d gives them (measure has already labelled the class)."""
     if n == 0:
         return None
     sizes = np.bincount(comps.ravel())[1:]
