@@ -21,7 +21,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from hemoseg.evaluation.compare import csv_text, load_row, markdown, mismatches, table
+    from hemoseg.evaluation.compare import load_row, mismatches, table
+    from hemoseg.evaluation.tables import csv_text, markdown
 
     rows = [load_row(p, args.split) for p in args.runs]
     header, body = table(rows)

@@ -9,8 +9,6 @@ then their difference means nothing.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,18 +116,3 @@ def mismatches(rows: list[Row]) -> list[str]:
         if len(values) > 1:
             notes.append(f"rows differ in {key} ({', '.join(sorted(values))}): their scores are not comparable")
     return notes
-
-
-def markdown(header: list[str], body: list[list[str]]) -> str:
-    esc = lambda s: s.replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(map(esc, row)) + " |" for row in body]
-    return "\n".join(lines)
-
-
-def csv_text(header: list[str], body: list[list[str]]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(header)
-    w.writerows(body)
-    return buf.getvalue()

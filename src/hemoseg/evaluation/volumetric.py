@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from hemoseg.errors import HemosegError
+from hemoseg.evaluation import tables
 
 LABEL_SUFFIXES = ("", "_labels")
 """A reference for study S is LABELS/S.nii[.gz] or LABELS/S_labels.nii[.gz] (`hemoseg synth`),
@@ -209,23 +210,20 @@ def markdown(result: VolumetryResult) -> str:
     pct = f"{result.tolerance:.0%}"
     head = ["class", "with reference", "mean Dice", f"within {pct} (> {result.min_ml:g} mL)", "median abs error",
             "bias mL", "95% limits mL", "CCC", "false: studies, mL"]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    body = []
     for name, c in result.per_class.items():
         loa = c["loa_ml"]
-        lines.append("| " + " | ".join([
+        body.append([
             name, f"{c['with_reference']} of {c['studies']}", _fmt(c["mean_dice"]),
             f"{c['within_tolerance']} of {c['lesions_over_min_ml']}",
             _fmt(c["median_abs_rel_error"], ".1%"), _fmt(c["bias_ml"], "+.2f"),
             f"{loa[0]:+.2f} to {loa[1]:+.2f}" if loa else "-", _fmt(c["ccc"]),
             f"{c['false_studies']}, {c['false_volume_ml']:.2f}",
-        ]) + " |")
-    return "\n".join(lines)
+        ])
+    return tables.markdown(head, body)
 
 
 def csv_text(result: VolumetryResult) -> str:
     cols = ["study", "class", "reference_ml", "predicted_ml", "error_ml", "rel_error", "dice"]
-    out = [",".join(cols)]
-    for r in result.rows:
-        out.append(",".join('"' + r[c].replace('"', '""') + '"' if isinstance(r[c], str) else
-                            ("" if r[c] is None else f"{r[c]:.6g}") for c in cols))
-    return "\n".join(out) + "\n"
+    return tables.csv_text(cols, [[r[c] if isinstance(r[c], str) else "" if r[c] is None else f"{r[c]:.6g}"
+                                   for c in cols] for r in result.rows])
