@@ -189,3 +189,22 @@ def test_int8_export_of_a_trained_model(tmp_path, capsys, one_thread):
         dice[backend] = json.loads((tmp_path / backend / "metrics.json").read_text())["dice_pooled_mean"]
         assert json.loads((tmp_path / backend / "metrics.json").read_text())["backend"].startswith(backend)
     assert dice["torch"] > 0.8 and abs(dice["onnx"] - dice["torch"]) < 0.02, dice
+
+
+def test_int8_weights_use_seven_bits(tmp_path):
+    """Full 8-bit weights saturate the int16 sums of AVX2 kernels (no VNNI), which
+    moved the demo model's lesion borders; the export must keep weights in 7 bits."""
+    import onnx
+    from onnx import numpy_helper
+
+    from hemoseg.inference.backends import export_onnx, quantize_onnx
+    from hemoseg.training.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(make_run(tmp_path / "run"))
+    export_onnx(ckpt.build_model().eval(), SIZE, tmp_path / "fp32.onnx")
+    calibration = np.random.default_rng(0).normal(size=(4, 1, SIZE, SIZE)).astype(np.float32)
+    quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", calibration)
+    weights = [numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "int8.onnx")).graph.initializer
+               if t.data_type == onnx.TensorProto.INT8]
+    assert weights, "no int8 weights: the model was not quantised"
+    assert max(int(np.abs(w.astype(np.int16)).max()) for w in weights) <= 64
