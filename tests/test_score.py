@@ -82,9 +82,10 @@ def test_each_unscorable_study_is_one_line_and_the_rest_are_scored(predicted, tm
     before = sorted((p.name, p.stat().st_mtime_ns) for p in refs.iterdir())
     rc, out, err = score(capsys, predicted, refs)
     assert rc == 1 and "1 study scored" in out
-    assert err == [f"hemoseg: skipped: {refs / 'a.nii.gz'}: reference is placed differently from the "
+    assert err == [f"hemoseg: skipped: {refs / 'a.nii.gz'}: label volume is placed differently from the "
                    "predicted study (their affines differ)",
-                   f"hemoseg: skipped: {refs / 'b.nii.gz'}: label values [7] have no class (see --classes)"]
+                   f"hemoseg: skipped: {refs / 'b.nii.gz'}: label values [7] have no class "
+                   "(known: 1; see --classes)"]
     assert sorted((p.name, p.stat().st_mtime_ns) for p in refs.iterdir()) == before  # inputs only read
     # an explicit mapping: the reference's label 1 is another class, so nothing matches
     rc, _, err = score(capsys, predicted, refs, "--classes", "1=Subdural hemorrhage")

@@ -92,36 +92,13 @@ def assign_splits(names: list[str], valid: float, test: float, seed: int) -> dic
     return split
 
 
-def _label_slices(study, path: Path, image, classes: dict[int, str]) -> np.ndarray:
-    from hemoseg.inference.readers import voxel_to_world
-
-    values = study.pixels
-    if values.shape != image.shape:
-        raise HemosegError(f"label grid {values.shape} differs from the image's {image.shape} "
-                           "(after orienting both the same way)", path)
-    # Compare where voxels of the oriented arrays lie, not the files' own affines: a label
-    # file may store the same grid in another axis order (ITK tools write LPS).
-    label_world, image_world = voxel_to_world(study), voxel_to_world(image)
-    if label_world is not None and image_world is not None and not np.allclose(label_world, image_world,
-                                                                                atol=1e-3):
-        raise HemosegError("label volume is placed differently from the image (their affines differ)", path)
-    labels = np.rint(values).astype(np.int64)
-    if not np.allclose(values, labels, atol=1e-3):
-        raise HemosegError("label volume holds fractional values (resampled with interpolation?)", path)
-    unknown = sorted(set(np.unique(labels).tolist()) - set(classes) - {0})
-    if unknown:
-        raise HemosegError(f"label values {unknown} have no class (--classes names "
-                           f"{', '.join(map(str, sorted(classes)))})", path)
-    return labels.astype(np.uint8)
-
-
 def _nifti_pair(name: str, image: Path, label: Path, classes: dict[int, str]):
-    from hemoseg.inference.readers import read_nifti
+    from hemoseg.inference.readers import read_label_volume, read_nifti
 
     study = read_nifti(image, name=name)
     if not study.is_hu:
         raise HemosegError("holds 8-bit display values, not Hounsfield units", image)
-    return study, _label_slices(read_nifti(label, name=name), label, study, classes)
+    return study, read_label_volume(label, on=study, known=classes)[0].astype(np.uint8)
 
 
 def find_dicom_pairs(series: Path, segs: Path):

@@ -55,42 +55,24 @@ def reference_for(labels_dir: Path, study: str) -> Path | None:
     return None
 
 
-def _label_volume(path: Path):
-    """(labels (Z,H,W) int64, index-to-world affine, voxel mL or None), oriented as `predict`
-    reads volumes."""
-    from hemoseg.inference.readers import read_nifti, voxel_to_world
-
-    study = read_nifti(path)
-    labels = np.rint(study.pixels).astype(np.int64)
-    if not np.allclose(study.pixels, labels, atol=1e-3):
-        raise HemosegError("holds fractional values, not labels (resampled with interpolation?)", path)
-    voxel_ml = float(np.prod(study.spacing)) / 1000.0 if study.spacing else None
-    return labels, voxel_to_world(study), voxel_ml
-
-
 def score_study(pred_path: Path, ref_path: Path, study: str, class_names: list[str],
                 reference_classes: dict[int, str] | None, series_uid: str | None = None) -> list[dict]:
     """Rows for every class named in both the model and the reference. `reference_classes`
     maps reference values (NIfTI labels, SEG segment numbers) to class names; without it a
     NIfTI label k is the model's class k and a SEG segment is matched by its label (a class
     with no segment counts as absent)."""
-    pred, to_world, voxel_ml = _label_volume(pred_path)
-    if voxel_ml is None:
+    from hemoseg.inference.readers import read_label_volume, voxel_to_world
+
+    pred, predicted = read_label_volume(pred_path)
+    if not predicted.spacing:
         raise HemosegError("has no usable voxel size, so no volumes", pred_path)
+    voxel_ml = float(np.prod(predicted.spacing)) / 1000.0
     if ref_path.suffix.lower() == ".dcm":
-        ref, names = _seg_reference(ref_path, pred.shape, to_world, class_names, reference_classes, series_uid)
+        ref, names = _seg_reference(ref_path, pred.shape, voxel_to_world(predicted), class_names,
+                                    reference_classes, series_uid)
     else:
-        ref, ref_world, _ = _label_volume(ref_path)
-        if pred.shape != ref.shape:
-            raise HemosegError(f"reference grid {ref.shape} differs from the prediction's {pred.shape} "
-                               "(after orienting both the same way)", ref_path)
-        if to_world is not None and ref_world is not None and not np.allclose(to_world, ref_world, atol=1e-3):
-            raise HemosegError("reference is placed differently from the predicted study (their affines differ)",
-                               ref_path)
         names = reference_classes or {k: n for k, n in enumerate(class_names, start=1)}
-        unknown = sorted(set(np.unique(ref).tolist()) - set(names) - {0})
-        if unknown:
-            raise HemosegError(f"label values {unknown} have no class (see --classes)", ref_path)
+        ref, _ = read_label_volume(ref_path, on=predicted, onto="predicted study", known=names)
     if not set(names.values()) & set(class_names):
         raise HemosegError(f"none of the reference classes is a model class ({', '.join(class_names)})", ref_path)
     rows = []

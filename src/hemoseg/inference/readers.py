@@ -736,6 +736,37 @@ def voxel_to_world(study: Study) -> np.ndarray | None:
     return study.affine @ inv_ornt_aff(to_display, file_shape)
 
 
+def read_label_volume(path, on: Study | None = None, onto: str = "image",
+                      known: dict | None = None) -> tuple[np.ndarray, Study]:
+    """A NIfTI label volume as integer labels (Z,H,W), oriented as `predict` reads volumes.
+
+    Given the study `on` it labels (called `onto` in messages), it must lie on that study's
+    voxel grid: same shape, and the same place through `voxel_to_world`, so a file storing
+    the grid in another axis order (ITK tools write LPS) is accepted and a shifted one is
+    not. Given `known` values, any other non-zero value is refused. Nothing is resampled:
+    training data (`data from-nifti`) and volume scores (`score`) must not rest on a guess."""
+    study = read_nifti(path)
+    values = study.pixels
+    if on is not None:
+        if values.shape != on.shape:
+            raise HemosegError(f"label grid {values.shape} differs from the {onto}'s {on.shape} "
+                               "(after orienting both the same way)", path)
+        mine, theirs = voxel_to_world(study), voxel_to_world(on)
+        if mine is not None and theirs is not None and not np.allclose(mine, theirs, atol=1e-3):
+            raise HemosegError(f"label volume is placed differently from the {onto} (their affines differ)",
+                               path)
+    labels = np.rint(values).astype(np.int64)
+    if not np.allclose(values, labels, atol=1e-3):
+        raise HemosegError("label volume holds fractional values, not labels (resampled with interpolation?)",
+                           path)
+    if known is not None:
+        unknown = sorted(set(np.unique(labels).tolist()) - set(known) - {0})
+        if unknown:
+            raise HemosegError(f"label values {unknown} have no class (known: "
+                               f"{', '.join(map(str, sorted(known)))}; see --classes)", path)
+    return labels, study
+
+
 # --------------------------------------------------------------------------
 # PNG / JPG
 # --------------------------------------------------------------------------
