@@ -137,3 +137,44 @@ def test_viewer_upload_overlay_table(tmp_path):
             assert not problems, problems
         finally:
             browser.close()
+
+
+def test_viewer_asks_which_series_of_a_flat_export(tmp_path):
+    """A zip holding two series of one study: the page lists them, and a click on one
+    segments that series."""
+    sync_playwright = _browser_or_skip()
+    from hemoseg.server.app import LOOPBACK_HOSTS, create_app
+    from hemoseg.server.testing import (FakePredictor, ThreadedServer, flat_export_with_second_series,
+                                        synthetic_dicom_folder, synthetic_truth, zip_folder)
+
+    folder = synthetic_dicom_folder(tmp_path / "synth", slices=8, size=64, seed=0)
+    flat = tmp_path / "flat"
+    flat_export_with_second_series(folder, flat)
+    upload = tmp_path / "export.zip"
+    upload.write_bytes(zip_folder(flat))
+    app = create_app(FakePredictor(truths=[synthetic_truth(folder)]), work_dir=tmp_path / "work",
+                     allowed_hosts=LOOPBACK_HOSTS)
+    with ThreadedServer(app) as srv, sync_playwright() as p:
+        try:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        except Exception as exc:
+            pytest.skip(f"chromium did not start: {' '.join(str(exc).split())[:200]}")
+        try:
+            page = browser.new_page()
+            problems: list[str] = []
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.goto(srv.url + "/")
+            page.wait_for_function("document.querySelectorAll('#legend li').length > 0")
+            page.set_input_files("#file-input", str(upload))
+            page.wait_for_selector("#series-choice button", timeout=20_000)
+            assert "holds 2 image series" in page.inner_text("#status")
+            choices = page.locator("#series-choice button").all_inner_texts()
+            assert len(choices) == 2 and "Series 7 \u2013 Axial bone (8 images)" in choices
+            page.click("#series-choice button[data-series='7']")
+            page.wait_for_selector("#status[data-state=done]", timeout=30_000)
+            assert page.locator("#series-choice").is_hidden()
+            warnings = page.inner_text("#warnings")
+            assert "series 7 was segmented" in warnings
+            assert not problems, problems
+        finally:
+            browser.close()

@@ -24,8 +24,8 @@ from hemoseg import RESEARCH_NOTICE  # noqa: E402
 from hemoseg.data.figures import class_colors  # noqa: E402
 from hemoseg.server.app import create_app  # noqa: E402
 from hemoseg.server.limits import ServerSettings  # noqa: E402
-from hemoseg.server.testing import (FakePredictor, make_tiny_run, synthetic_dicom_folder,  # noqa: E402
-                                    synthetic_truth, zip_folder)
+from hemoseg.server.testing import (FakePredictor, flat_export_with_second_series, make_tiny_run,  # noqa: E402
+                                    synthetic_dicom_folder, synthetic_truth, zip_folder)
 
 
 @pytest.fixture(scope="module")
@@ -293,3 +293,30 @@ def test_multiframe_dicom_upload(client, tmp_path):
     assert rep["source"] == "dicom" and rep["spacing_mm"] == [2.5, 0.5, 0.5] and len(rep["slices"]) == 6
     assert next(c for c in rep["classes"] if c["label"] == 2)["voxels"] == 360  # the fixture's blob
     assert "seg.dcm" in st["links"] and "labels.nii.gz" in st["links"]
+
+
+def test_flat_export_of_several_series_asks_which(client, synth, tmp_path):
+    """A PACS export of a whole study in one folder (brain and bone reconstructions): the
+    server lists the series and segments the one chosen, never a guess."""
+    import pydicom
+
+    flat = tmp_path / "flat"
+    bone_uid = flat_export_with_second_series(synth["folder"], flat)
+    brain = pydicom.dcmread(next(synth["folder"].iterdir()))
+    upload = [("files", ("export.zip", zip_folder(flat), "application/zip"))]
+    body = submit(client, upload, expect=422)
+    assert body["error"] == "several_series"
+    assert body["series"] == [{"series": str(brain.SeriesNumber), "description": brain.SeriesDescription,
+                               "images": 8},
+                              {"series": "7", "description": "Axial bone", "images": 8}]
+    assert body["message"] == (f"the upload holds 2 image series: series {brain.SeriesNumber} "
+                               f"({brain.SeriesDescription}), series 7 (Axial bone); choose one (?series=N)")
+    r = client.post("/api/jobs", params={"series": "99"}, files=upload)
+    assert r.status_code == 422 and r.json()["error"] == "no_such_series" and len(r.json()["series"]) == 2
+    r = client.post("/api/jobs", params={"series": "7"}, files=upload)
+    assert r.status_code == 202, r.text
+    st = wait_done(client, r.json()["id"])
+    assert st["status"] == "done", st
+    rep = client.get(f"/api/jobs/{st['id']}/report").json()
+    assert rep["dicom_ids"]["SeriesInstanceUID"] == bone_uid and rep["n_source_files"] == 8
+    assert f"the upload holds 2 image series; series 7 was segmented (not {brain.SeriesNumber})" in rep["warnings"]

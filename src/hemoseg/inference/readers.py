@@ -61,6 +61,10 @@ class StudyInput:
     ignored: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     """Said in the study's report (e.g. what splitting its folder left out)."""
+    series: str | None = None
+    """Set when split out of a folder of several series: its SeriesNumber (or UID tail)."""
+    description: str = ""
+    """That series' SeriesDescription, to tell a person which one it is."""
 
 
 def _is_nifti(p: Path) -> bool:
@@ -226,7 +230,7 @@ def split_series(item: StudyInput) -> list[StudyInput]:
 
     if item.kind != "dicom" or len(item.paths) < 2:
         return [item]
-    tags = ["SeriesInstanceUID", "SeriesNumber", "SOPClassUID", "ImageType"]
+    tags = ["SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "SOPClassUID", "ImageType"]
     groups: dict[str, list[tuple[Path, object]]] = {}
     for p in item.paths:
         try:
@@ -244,16 +248,18 @@ def split_series(item: StudyInput) -> list[StudyInput]:
         elif _is_localizer(ds):
             left_out.append(f"{label} ({len(members)} localizer image(s))")
         else:
-            series.append((number, uid, [p for p, _ in members]))
+            series.append((number, uid, [p for p, _ in members], str(ds.get("SeriesDescription", "") or "")))
     if len(series) < 2:
         return [item]
     notes = [f"{item.origin} holds {len(series)} image series, each read as its own study"
              + (f"; left out {', '.join(left_out)}" if left_out else "")]
     out = []
-    for number, uid, paths in sorted(series, key=lambda s: (s[0] is None, s[0] if s[0] is not None else 0, s[1])):
-        tag = f"S{number}" if number is not None else uid.rsplit(".", 1)[-1][-8:]
-        out.append(StudyInput(f"{item.name}_{tag}", "dicom", paths, item.origin, ignored=item.ignored,
-                              notes=list(notes)))
+    for number, uid, paths, description in sorted(
+            series, key=lambda s: (s[0] is None, s[0] if s[0] is not None else 0, s[1])):
+        tag = str(number) if number is not None else uid.rsplit(".", 1)[-1][-8:]
+        out.append(StudyInput(f"{item.name}_S{tag}" if number is not None else f"{item.name}_{tag}", "dicom",
+                              paths, item.origin, ignored=item.ignored, notes=list(notes), series=tag,
+                              description=description.strip()))
     return out
 
 

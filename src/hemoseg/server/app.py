@@ -19,7 +19,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import numpy as np
-from fastapi import FastAPI, Path as PathParam, Request
+from fastapi import FastAPI, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -60,9 +60,17 @@ REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; fram
 # --------------------------------------------------------------------------
 # response models (they are the API documentation at /docs)
 # --------------------------------------------------------------------------
+class SeriesChoice(BaseModel):
+    series: str = Field(description="Value for `?series=`: the SeriesNumber (or the tail of the UID).")
+    description: str = Field(description="SeriesDescription, as the scanner wrote it (may be empty).")
+    images: int
+
+
 class ErrorResponse(BaseModel):
     error: str = Field(description="Machine-readable code, e.g. `upload_too_large`, `queue_full`.")
     message: str = Field(description="One-line explanation for people.")
+    series: list[SeriesChoice] | None = Field(
+        None, description="With `several_series` and `no_such_series`: the image series the upload holds.")
 
 
 class Health(BaseModel):
@@ -166,7 +174,7 @@ def _errors(*codes: int) -> dict:
             404: "Unknown or expired job, or file not available for this study.",
             409: "Job not finished yet.", 413: "Upload or its unpacked content too large.",
             415: "Content is not a zip, DICOM, NIfTI, PNG or JPEG file.",
-            422: "Upload readable but unusable (empty, unsafe zip, several studies, ...).",
+            422: "Upload readable but unusable (empty, unsafe zip, several studies, several series and none chosen, ...).",
             429: "Queue full; retry after the Retry-After header's seconds.",
             503: "Server shutting down or out of disk; retry later."}
     return {c: {"model": ErrorResponse, "description": text[c]} for c in codes}
@@ -287,14 +295,15 @@ def create_app(predictor, settings: ServerSettings | None = None, *, work_dir: s
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     # ---- errors -------------------------------------------------------
-    def error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
-        return JSONResponse({"error": code, "message": " ".join(message.split())},
+    def error(status: int, code: str, message: str, headers: dict | None = None,
+              extra: dict | None = None) -> JSONResponse:
+        return JSONResponse({"error": code, "message": " ".join(message.split()), **(extra or {})},
                             status_code=status, headers=headers)
 
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
         log.info("request refused: %d %s", exc.status, exc.code)
-        return error(exc.status, exc.code, exc.message, exc.headers)
+        return error(exc.status, exc.code, exc.message, exc.headers, exc.extra)
 
     @app.exception_handler(Busy)
     async def _busy(request, exc: Busy):
@@ -368,15 +377,17 @@ def create_app(predictor, settings: ServerSettings | None = None, *, work_dir: s
             job._report_cache = cached
         return cached
 
-    def _prepare(files, slot, total):
+    def _prepare(files, slot, total, series: str | None):
         from hemoseg.inference.readers import discover
 
         prepared = prepare_upload(files, slot.folder / "upload", settings)
         shutil.rmtree(slot.folder / "incoming", ignore_errors=True)
-        items, problems = discover([prepared.root])
+        items, problems = discover([prepared.root], each_series=True)
         if problems:
             msg = str(problems[0][1]).replace(str(prepared.root), "upload")
             raise ApiError(422, "no_study", msg)
+        if len(items) > 1 and all(i.series for i in items) and len({i.origin for i in items}) == 1:
+            items = [_choose_series(items, series)]
         if len(items) != 1:
             raise ApiError(422, "several_studies",
                            f"the upload holds {len(items)} studies (separate series or volumes); "
@@ -385,6 +396,25 @@ def create_app(predictor, settings: ServerSettings | None = None, *, work_dir: s
         item.name = f"job-{slot.id[:8]}"  # never the folder or patient name
         item.origin = Path("upload")
         return prepared, item
+
+    def _choose_series(items, series: str | None):
+        """A flat PACS export holds several image series of one study (brain and bone
+        kernels, say). Which one to segment is the reader's choice, never a guess."""
+        choices = [{"series": i.series, "description": i.description, "images": len(i.paths)} for i in items]
+        listing = ", ".join(f"series {c['series']}" + (f" ({c['description']})" if c["description"] else "")
+                            for c in choices)
+        if series is None:
+            raise ApiError(422, "several_series", f"the upload holds {len(items)} image series: {listing}; "
+                           "choose one (?series=N)", extra={"series": choices})
+        picked = [i for i in items if i.series == series]
+        if not picked:
+            raise ApiError(422, "no_such_series", f"the upload holds no series {series}; it holds {listing}",
+                           extra={"series": choices})
+        item = picked[0]
+        others = ", ".join(i.series for i in items if i is not item)
+        item.notes = [f"the upload holds {len(items)} image series; series {item.series} was segmented "
+                      f"(not {others})"]
+        return item
 
     # ---- routes -------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -406,7 +436,9 @@ def create_app(predictor, settings: ServerSettings | None = None, *, work_dir: s
     @app.post("/api/jobs", status_code=202, response_model=JobStatus, tags=["jobs"],
               summary="Upload one study and queue it for segmentation",
               responses=_errors(400, 403, 413, 415, 422, 429, 503), openapi_extra=UPLOAD_BODY)
-    async def submit_job(request: Request):
+    async def submit_job(request: Request, series: str | None = Query(
+            None, max_length=64, description="Which image series to segment when the upload holds several "
+                                             "(a flat PACS export); the `several_series` error lists them.")):
         length = request.headers.get("content-length")
         if length is not None:
             try:
@@ -418,7 +450,7 @@ def create_app(predictor, settings: ServerSettings | None = None, *, work_dir: s
         slot = manager.reserve()  # before reading the body: refuse early when busy
         try:
             files, total = await receive_upload(request, slot.folder / "incoming", settings)
-            prepared, item = await run_in_threadpool(_prepare, files, slot, total)
+            prepared, item = await run_in_threadpool(_prepare, files, slot, total, series)
             job = manager.submit(slot, item, kind=prepared.kind, n_files=prepared.n_files,
                                  upload_bytes=total, warnings=prepared.warnings)
         except BaseException:

@@ -43,13 +43,16 @@ ACCEPTED = "a zip of DICOM files, DICOM files, a NIfTI volume (.nii/.nii.gz) or 
 
 
 class ApiError(Exception):
-    """A request the server refuses; becomes a JSON error {"error", "message"}."""
+    """A request the server refuses; becomes a JSON error {"error", "message"}, plus
+    `extra` fields where a client can act on them (the series to choose from)."""
 
-    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None,
+                 extra: dict | None = None):
         super().__init__(" ".join(str(message).split()))
         self.status = status
         self.code = code
         self.headers = headers or {}
+        self.extra = extra or {}
 
     @property
     def message(self) -> str:

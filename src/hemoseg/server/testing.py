@@ -48,6 +48,25 @@ def synthetic_dicom_folder(out: Path, slices: int = 8, size: int = 64, seed: int
     return Path(out) / "dicom" / name
 
 
+def flat_export_with_second_series(folder: Path, out: Path, number: int = 7,
+                                   description: str = "Axial bone") -> str:
+    """`folder`'s series plus a copy of it as another series, all in one flat folder `out`,
+    as a PACS exports a whole study. Returns the copy's SeriesInstanceUID."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    out = Path(out)
+    out.mkdir(parents=True)
+    uid = generate_uid()
+    for p in sorted(Path(folder).iterdir()):
+        (out / f"a_{p.name}").write_bytes(p.read_bytes())
+        ds = pydicom.dcmread(p)
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = uid, number, description
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(out / f"b_{p.name}")
+    return uid
+
+
 def zip_folder(folder: Path, arc_prefix: str = "") -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:

@@ -12,7 +12,7 @@
     info: null, jobId: null, vol: null, report: null,
     z: 0, level: 40, width: 80, hu: true,
     opacity: 0.45, outline: true, enabled: new Set(), colors: {},
-    cache: new Map(), pending: new Map(), lut: null, busy: false, shown: null,
+    cache: new Map(), pending: new Map(), lut: null, busy: false, shown: null, lastFiles: [],
   };
 
   // ---- API helpers ---------------------------------------------------
@@ -392,8 +392,22 @@
   }
 
   // ---- upload and polling ------------------------------------------------
-  function upload(files) {
+  // A flat PACS export holds several series (brain and bone kernels, say): the
+  // server lists them, the reader picks one, and the same files go up again.
+  function showSeriesChoice(choices) {
+    const box = $("series-choice");
+    box.replaceChildren(...choices.map((c) => el("button", {
+      type: "button", class: "btn", "data-series": c.series,
+      text: `Series ${c.series}${c.description ? ` \u2013 ${c.description}` : ""} (${c.images} images)`,
+      onclick: () => upload(S.lastFiles, c.series),
+    })));
+    box.hidden = false;
+  }
+
+  function upload(files, series = null) {
     if (S.busy || !files.length || !S.info) return;
+    S.lastFiles = Array.from(files);
+    $("series-choice").hidden = true;
     const total = Array.from(files).reduce((a, f) => a + f.size, 0);
     const limit = S.info.limits.max_upload_bytes;
     if (total > limit) {
@@ -405,7 +419,7 @@
     const form = new FormData();
     for (const f of files) form.append("files", f, f.name);
     const xhr = new XMLHttpRequest();
-    xhr.open("POST", "/api/jobs");
+    xhr.open("POST", series === null ? "/api/jobs" : `/api/jobs?series=${encodeURIComponent(series)}`);
     xhr.responseType = "json";
     xhr.upload.onprogress = (e) => {
       if (!e.lengthComputable) return;
@@ -422,6 +436,13 @@
       }
       S.busy = false;
       setProgress(null);
+      if (xhr.status === 422 && Array.isArray(body.series) && body.series.length) {
+        setStatus(body.error === "several_series"
+          ? `This upload holds ${body.series.length} image series. Choose the one to segment:`
+          : body.message, body.error === "several_series" ? "idle" : "error");
+        showSeriesChoice(body.series);
+        return;
+      }
       let msg = body.message || `upload failed (HTTP ${xhr.status})`;
       const retry = xhr.getResponseHeader("Retry-After");
       if ((xhr.status === 429 || xhr.status === 503) && retry) msg += ` (about ${retry} s)`;
