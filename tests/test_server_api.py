@@ -320,3 +320,17 @@ def test_flat_export_of_several_series_asks_which(client, synth, tmp_path):
     rep = client.get(f"/api/jobs/{st['id']}/report").json()
     assert rep["dicom_ids"]["SeriesInstanceUID"] == bone_uid and rep["n_source_files"] == 8
     assert f"the upload holds 2 image series; series 7 was segmented (not {brain.SeriesNumber})" in rep["warnings"]
+    # the same two series as a CD export lays them out: a DICOMDIR and one folder per series
+    cd = tmp_path / "cd"
+    for f in flat.iterdir():
+        (cd / "DICOM" / ("SE0" if f.name.startswith("a_") else "SE1")).mkdir(parents=True, exist_ok=True)
+        f.rename(cd / "DICOM" / ("SE0" if f.name.startswith("a_") else "SE1") / f.name)
+    (cd / "DICOMDIR").write_bytes(b"\0" * 256)
+    upload = [("files", ("cd.zip", zip_folder(cd), "application/zip"))]
+    body = submit(client, upload, expect=422)
+    assert body["error"] == "several_series" and [c["series"] for c in body["series"]] == [str(brain.SeriesNumber), "7"]
+    r = client.post("/api/jobs", params={"series": str(brain.SeriesNumber)}, files=upload)
+    st = wait_done(client, r.json()["id"])
+    assert st["status"] == "done", st
+    rep = client.get(f"/api/jobs/{st['id']}/report").json()
+    assert rep["dicom_ids"]["SeriesInstanceUID"] == brain.SeriesInstanceUID

@@ -12,6 +12,7 @@ import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
@@ -58,7 +59,7 @@ def make_zip(entries, compression=zipfile.ZIP_DEFLATED) -> bytes:
 def refused(resp, status: int, code: str | None = None) -> str:
     assert resp.status_code == status, resp.text
     body = resp.json()
-    assert set(body) == {"error", "message"}, body
+    assert set(body) == ({"error", "message", "series"} if "series" in (code or "") else {"error", "message"}), body
     assert body["message"] and "\n" not in body["message"]
     if code:
         assert body["error"] == code, body
@@ -164,10 +165,21 @@ def test_empty_damaged_and_useless_zips(client, study_zip):
     no_leftovers(client)
 
 
-def test_two_series_in_one_zip_is_422(client, series):
+def test_several_series_or_studies_in_one_zip_is_422(client, series, tmp_path):
+    """One folder per series (as a CD export lays them out): the server asks which, naming
+    them by folder where their SeriesNumbers clash; a DICOM series beside a NIfTI volume
+    is two studies."""
     entries = [(f"{d}/{p.name}", p.read_bytes()) for d in ("one", "two") for p in series.iterdir()]
-    msg = refused(post_zip(client, make_zip(entries)), 422, "several_studies")
-    assert "2 studies" in msg
+    r = post_zip(client, make_zip(entries))
+    msg = refused(r, 422, "several_series")
+    keys = [c["series"] for c in r.json()["series"]]  # the upload's folders, renamed: no names leak
+    assert len(keys) == 2 and msg.startswith(f"the upload holds 2 image series: series {keys[0]} (")
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.full((16, 16, 4), 30, np.int16), np.eye(4)), str(tmp_path / "vol.nii.gz"))
+    nifti = (tmp_path / "vol.nii.gz").read_bytes()
+    entries = [(f"one/{p.name}", p.read_bytes()) for p in series.iterdir()] + [("vol.nii.gz", nifti)]
+    assert "2 studies" in refused(post_zip(client, make_zip(entries)), 422, "several_studies")
 
 
 # ---------------------------------------------------------------- files and logs

@@ -263,6 +263,24 @@ def split_series(item: StudyInput) -> list[StudyInput]:
     return out
 
 
+def series_label(item: StudyInput) -> tuple[str | None, str]:
+    """(SeriesNumber, SeriesDescription) of a DICOM input, to tell a person which series it
+    is; from its split if it was split out of a flat folder, else from its first readable
+    header. (None, "") when no header says."""
+    if item.series is not None or item.kind != "dicom":
+        return item.series, item.description
+    import pydicom
+
+    for p in item.paths[:3]:
+        try:
+            ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SeriesNumber", "SeriesDescription"])
+        except Exception:  # the reader names an unreadable file when the series is read
+            continue
+        number = ds.get("SeriesNumber")
+        return (None if number is None else str(number)), str(ds.get("SeriesDescription", "") or "").strip()
+    return None, ""
+
+
 def read_path(path) -> list[Study]:
     """Every study under one file or folder (for callers other than the CLI)."""
     items, problems = discover([path])

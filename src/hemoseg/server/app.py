@@ -174,7 +174,8 @@ def _errors(*codes: int) -> dict:
             404: "Unknown or expired job, or file not available for this study.",
             409: "Job not finished yet.", 413: "Upload or its unpacked content too large.",
             415: "Content is not a zip, DICOM, NIfTI, PNG or JPEG file.",
-            422: "Upload readable but unusable (empty, unsafe zip, several studies, several series and none chosen, ...).",
+            422: "Upload readable but unusable (empty, unsafe zip, several studies, several series "
+                 "and none chosen, ...).",
             429: "Queue full; retry after the Retry-After header's seconds.",
             503: "Server shutting down or out of disk; retry later."}
     return {c: {"model": ErrorResponse, "description": text[c]} for c in codes}
@@ -386,7 +387,7 @@ def create_app(predictor, settings: ServerSettings | None = None, *, work_dir: s
         if problems:
             msg = str(problems[0][1]).replace(str(prepared.root), "upload")
             raise ApiError(422, "no_study", msg)
-        if len(items) > 1 and all(i.series for i in items) and len({i.origin for i in items}) == 1:
+        if len(items) > 1 and all(i.kind == "dicom" for i in items):
             items = [_choose_series(items, series)]
         if len(items) != 1:
             raise ApiError(422, "several_studies",
@@ -398,22 +399,28 @@ def create_app(predictor, settings: ServerSettings | None = None, *, work_dir: s
         return prepared, item
 
     def _choose_series(items, series: str | None):
-        """A flat PACS export holds several image series of one study (brain and bone
-        kernels, say). Which one to segment is the reader's choice, never a guess."""
-        choices = [{"series": i.series, "description": i.description, "images": len(i.paths)} for i in items]
+        """Several DICOM series in one upload: a flat PACS export (brain and bone kernels
+        in one folder) or a CD export (one folder per series). Which one to segment is the
+        reader's choice, never a guess. Series are named by SeriesNumber where those are
+        unique, else by folder."""
+        from hemoseg.inference.readers import series_label
+
+        labels = [series_label(i) for i in items]
+        numbers = [n for n, _ in labels]
+        keys = numbers if None not in numbers and len(set(numbers)) == len(numbers) else [i.name for i in items]
+        choices = [{"series": k, "description": d, "images": len(i.paths)}
+                   for k, (_, d), i in zip(keys, labels, items)]
         listing = ", ".join(f"series {c['series']}" + (f" ({c['description']})" if c["description"] else "")
                             for c in choices)
         if series is None:
             raise ApiError(422, "several_series", f"the upload holds {len(items)} image series: {listing}; "
                            "choose one (?series=N)", extra={"series": choices})
-        picked = [i for i in items if i.series == series]
-        if not picked:
+        if series not in keys:
             raise ApiError(422, "no_such_series", f"the upload holds no series {series}; it holds {listing}",
                            extra={"series": choices})
-        item = picked[0]
-        others = ", ".join(i.series for i in items if i is not item)
-        item.notes = [f"the upload holds {len(items)} image series; series {item.series} was segmented "
-                      f"(not {others})"]
+        item = items[keys.index(series)]
+        others = ", ".join(k for k in keys if k != series)
+        item.notes = [f"the upload holds {len(items)} image series; series {series} was segmented (not {others})"]
         return item
 
     # ---- routes -------------------------------------------------------
