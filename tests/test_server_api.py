@@ -320,6 +320,13 @@ def test_flat_export_of_several_series_asks_which(client, synth, tmp_path):
     rep = client.get(f"/api/jobs/{st['id']}/report").json()
     assert rep["dicom_ids"]["SeriesInstanceUID"] == bone_uid and rep["n_source_files"] == 8
     assert f"the upload holds 2 image series; series 7 was segmented (not {brain.SeriesNumber})" in rep["warnings"]
+    # a choice is checked even where there is nothing to choose between
+    one = [("files", ("one.zip", synth["zip"], "application/zip"))]
+    r = client.post("/api/jobs", params={"series": "7"}, files=one)
+    assert r.status_code == 422 and r.json()["series"] == [
+        {"series": str(brain.SeriesNumber), "description": brain.SeriesDescription, "images": 8}]
+    r = client.post("/api/jobs", params={"series": str(brain.SeriesNumber)}, files=one)
+    assert wait_done(client, r.json()["id"])["status"] == "done"
     # the same two series as a CD export lays them out: a DICOMDIR and one folder per series
     cd = tmp_path / "cd"
     for f in flat.iterdir():

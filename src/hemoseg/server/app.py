@@ -387,8 +387,10 @@ def create_app(predictor, settings: ServerSettings | None = None, *, work_dir: s
         if problems:
             msg = str(problems[0][1]).replace(str(prepared.root), "upload")
             raise ApiError(422, "no_study", msg)
-        if len(items) > 1 and all(i.kind == "dicom" for i in items):
+        if all(i.kind == "dicom" for i in items) and (len(items) > 1 or series is not None):
             items = [_choose_series(items, series)]
+        elif series is not None:
+            raise ApiError(422, "no_such_series", "series chooses among DICOM series; the upload holds none")
         if len(items) != 1:
             raise ApiError(422, "several_studies",
                            f"the upload holds {len(items)} studies (separate series or volumes); "
@@ -419,8 +421,10 @@ def create_app(predictor, settings: ServerSettings | None = None, *, work_dir: s
             raise ApiError(422, "no_such_series", f"the upload holds no series {series}; it holds {listing}",
                            extra={"series": choices})
         item = items[keys.index(series)]
-        others = ", ".join(k for k in keys if k != series)
-        item.notes = [f"the upload holds {len(items)} image series; series {series} was segmented (not {others})"]
+        if len(items) > 1:  # a choice that matched the only series needs no note
+            others = ", ".join(k for k in keys if k != series)
+            item.notes = [f"the upload holds {len(items)} image series; series {series} was segmented "
+                          f"(not {others})"]
         return item
 
     # ---- routes -------------------------------------------------------
