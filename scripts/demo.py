@@ -32,6 +32,8 @@ TOTAL_MINUTES = 10.0
 """What `make demo` may take on 2 cores, install included (issue #3)."""
 MAX_TRAIN_MINUTES = 7.0
 """The training budget where the clock allows it (the recipe's runs were chosen at 7)."""
+HEAD_PATTERN = r"^synth-[a-z]+-(\d+)_"
+"""The synthetic head a slice came from, in `hemoseg synth`'s file names."""
 AFTER_TRAINING_S = 90.0
 """Kept for what the training budget does not cover: the trainer's start-up and calibration,
 evaluate, export, predict and the report took 59 s on the slowest 2-core VM seen (an AVX2-only
@@ -78,7 +80,9 @@ def main() -> None:
                         "--stem", str(a.stem), "--batch-size", "16", "--augmentation", "flip", "--epochs", "1000",
                         "--max-minutes", str(a.minutes or training_minutes(a.started)))
     # Flip test-time augmentation: +0.02 validation Dice on this data (docs/recipe.md, experiment 16).
-    times["evaluate"] = sh("evaluate", str(run), str(data / "coco"), "--split", "test", "--tta", "--quiet")
+    # Intervals resample heads, not slices: 100 test slices come from 25 synthetic heads.
+    times["evaluate"] = sh("evaluate", str(run), str(data / "coco"), "--split", "test", "--tta", "--quiet",
+                           "--group", HEAD_PATTERN)
     times["export"] = sh("export", str(run))
     studies = sorted(p for p in (data / "dicom").iterdir() if p.is_dir())
     times["predict"] = sh("predict", str(run), *map(str, studies), "--out", str(preds), "--force", "--tta")
@@ -128,10 +132,16 @@ def write_report(out: Path, data: Path, run: Path, preds: Path, times: dict) -> 
         f"paper-style {fmt(metrics['dice_paper_style'])}; loss {metrics['loss']:.4f}; "
         f"detection sensitivity {fmt(metrics['detection']['sensitivity'])}, "
         f"specificity {fmt(metrics['detection']['specificity'])}", "",
-        "| class | Dice | IoU | precision | recall |", "|---|---|---|---|---|",
+        f"95% intervals resample the test split's {metrics['ci95']['units']} synthetic heads "
+        "(docs/metrics.md, confidence intervals).", "",
+        "| class | Dice | 95% CI | IoU | precision | recall |", "|---|---|---|---|---|---|",
     ]
+    span = lambda iv: "n/a" if not iv else f"{iv[0]:.3f}-{iv[1]:.3f}"  # noqa: E731
+    lines.append(f"| **all (mean)** | {fmt(metrics['dice_pooled_mean'])} | "
+                 f"{span(metrics['ci95']['dice_pooled_mean'])} | {fmt(metrics['iou_pooled_mean'])} | | |")
     for name, c in metrics["per_class"].items():
-        lines.append(f"| {name} | {fmt(c['dice'])} | {fmt(c['iou'])} | {fmt(c['precision'])} | {fmt(c['recall'])} |")
+        lines.append(f"| {name} | {fmt(c['dice'])} | {span(metrics['ci95']['per_class'][name])} | {fmt(c['iou'])} | "
+                     f"{fmt(c['precision'])} | {fmt(c['recall'])} |")
     lines += ["", "## Volumes on the synthetic DICOM studies (ground truth known; `hemoseg score`)", "",
               "Target: error <= 5% for every lesion over 1 mL.", "",
               "| study | class | truth mL | measured mL | error | 3-D Dice |", "|---|---|---|---|---|---|"]

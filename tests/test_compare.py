@@ -87,3 +87,37 @@ def test_bad_folders_get_one_line(runs, tmp_path, capsys, case, words):
     assert main(["compare", str(gated), str(target)]) == 2
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1 and words in err and str(target) in err
+
+
+def test_intervals_and_the_paired_difference(runs, tmp_path, capsys):
+    """per_image.csv keeps each image's counts, which reproduce the pooled Dice; compare
+    pairs the rows on those images, and a run against itself differs by exactly 0."""
+    import numpy as np
+
+    data, gated, plain = runs
+    m = json.loads((gated / "eval-test" / "metrics.json").read_text())
+    rows = list(csv.DictReader(open(gated / "eval-test" / "per_image.csv")))
+    tp, fp, fn = (sum(int(r[f"{k}[bleed]"]) for r in rows) for k in ("tp", "fp", "fn"))
+    assert m["per_class"]["bleed"]["dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    lo, hi = m["ci95"]["dice_pooled_mean"]
+    assert lo <= m["dice_pooled_mean"] <= hi and m["ci95"]["unit"] == "image"
+
+    capsys.readouterr()
+    assert main(["compare", str(gated), str(plain), str(gated / "eval-test"), "--csv", str(tmp_path / "t.csv")]) == 0
+    table = list(csv.DictReader(open(tmp_path / "t.csv")))
+    assert [r["vs first [95% CI]"] for r in table][::2] == ["(reference)", "+0.000 [+0.000, +0.000]"]
+    diff = table[1]["vs first [95% CI]"]
+    expected = json.loads((plain / "eval-test" / "metrics.json").read_text())["dice_pooled_mean"] - m["dice_pooled_mean"]
+    assert diff.startswith(f"{expected:+.3f} [")
+    low, high = (float(x) for x in diff.split("[")[1].rstrip("]").split(", "))
+    assert low <= expected <= high
+    assert all(np.isfinite([float(x) for x in r["95% CI"].split("-")]).all() for r in table)
+
+    # a patient pattern that misses a file name is one line, for evaluate and compare alike
+    for cmd in (["evaluate", str(gated), str(data), "--split", "test", "--out", str(tmp_path / "e"), "--quiet"],
+                ["compare", str(gated), str(plain)]):
+        capsys.readouterr()
+        assert main([*cmd, "--group", r"^patient(\d+)_"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "does not match the file name" in err
+    assert not (tmp_path / "e").exists()

@@ -17,6 +17,9 @@ def register(sub) -> None:
                    help="run folder (uses RUN/eval-SPLIT) or an evaluation folder (--out of evaluate)")
     p.add_argument("--split", default="test", help="which evaluation of a run folder to read (default test)")
     p.add_argument("--csv", type=Path, metavar="FILE", help="also write the table as CSV")
+    p.add_argument("--group", metavar="REGEX",
+                   help="patient key in each file name, as for evaluate: the intervals then resample "
+                        "patients, not slices")
     p.set_defaults(func=run)
 
 
@@ -25,7 +28,7 @@ def run(args) -> int:
     from hemoseg.evaluation.tables import csv_text, markdown
 
     rows = [load_row(p, args.split) for p in args.runs]
-    header, body = table(rows)
+    header, body = table(rows, args.group)
     if args.csv is not None:
         try:
             args.csv.write_text(csv_text(header, body))

@@ -17,6 +17,9 @@ def register(sub) -> None:
     p.add_argument("--backend", default="torch", choices=["torch", "onnx", "auto"])
     p.add_argument("--pixel-spacing", type=float, help="mm per pixel, to report HD95 in mm")
     p.add_argument("--tta", action="store_true", help="average with the left-right flipped image, as predict --tta")
+    p.add_argument("--group", metavar="REGEX",
+                   help="patient key in each file name (its first group), e.g. '^(\\d+)_' for 0016_15.jpg: "
+                        "confidence intervals then resample patients, not slices")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
 
@@ -26,14 +29,18 @@ def run(args) -> int:
 
     out = args.out or args.run / f"eval-{args.split}"
     m = evaluate(args.run, args.dataset, args.split, out, args.backend, args.pixel_spacing, quiet=args.quiet,
-                 tta=args.tta)
+                 tta=args.tta, group=args.group)
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-    print(f"{args.split}: {m['num_images']} images | loss {m['loss']:.4f} | Dice pooled {fmt(m['dice_pooled_mean'])} "
-          f"| per image {fmt(m['dice_per_image'])} | paper-style {fmt(m['dice_paper_style'])} | "
-          f"IoU {fmt(m['iou_pooled_mean'])} | HD95 {fmt(m['hd95_px_mean'])} px")
+    ci = m["ci95"]
+    span = lambda iv: "" if iv is None else f" [{iv[0]:.3f}, {iv[1]:.3f}]"  # noqa: E731
+    print(f"{args.split}: {m['num_images']} images | loss {m['loss']:.4f} | Dice pooled {fmt(m['dice_pooled_mean'])}"
+          f"{span(ci['dice_pooled_mean'])} | per image {fmt(m['dice_per_image'])} | paper-style "
+          f"{fmt(m['dice_paper_style'])} | IoU {fmt(m['iou_pooled_mean'])} | HD95 {fmt(m['hd95_px_mean'])} px")
     for name, c in m["per_class"].items():
-        print(f"  {name:32s} Dice {fmt(c['dice'])}  IoU {fmt(c['iou'])}  P {fmt(c['precision'])}  "
-              f"R {fmt(c['recall'])}  images {c['images_with_class']}")
+        print(f"  {name:32s} Dice {fmt(c['dice'])}{span(ci['per_class'][name])}  IoU {fmt(c['iou'])}  "
+              f"P {fmt(c['precision'])}  R {fmt(c['recall'])}  images {c['images_with_class']}")
+    print(f"  [95% bootstrap intervals over {ci['units']} {'images' if ci['unit'] == 'image' else 'groups'}"
+          f"{'' if ci['unit'] == 'image' else ' (--group)'}; docs/metrics.md]")
     d = m["detection"]
     print(f"  any-lesion detection: sensitivity {fmt(d['sensitivity'])} specificity {fmt(d['specificity'])}")
     if m["skipped"]:

@@ -9,11 +9,15 @@ then their difference means nothing.
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from hemoseg.errors import HemosegError
+from hemoseg.evaluation.metrics import bootstrap_dice, group_keys, paired_difference
 from hemoseg.training.config import PRESETS, TrainConfig
 
 # Fields that say how a run was executed, not what recipe it is.
@@ -26,6 +30,8 @@ class Row:
     name: str
     summary: dict
     metrics: dict
+    folder: Path | None = None
+    """The evaluation folder, whose per_image.csv holds the counts a paired comparison needs."""
 
 
 def _read_json(path: Path) -> dict:
@@ -59,7 +65,54 @@ def load_row(path: Path, split: str) -> Row:
     summary = _read_json(run / "summary.json") if run is not None else {}
     if not isinstance(metrics.get("per_class"), dict) or "dice_pooled_mean" not in metrics:
         raise HemosegError("metrics.json was not written by 'hemoseg evaluate'", path)
-    return Row(str(path), summary, metrics)
+    return Row(str(path), summary, metrics, path if run is None or path != run else path / f"eval-{split}")
+
+
+def image_counts(row: Row) -> dict[str, np.ndarray] | None:
+    """{file name: (K, 3) TP/FP/FN} from the row's per_image.csv; None for evaluations
+    written before the counts were kept there."""
+    names = ["lesion"] if row.metrics.get("mode") == "binary" else list(row.metrics["per_class"])
+    try:
+        with open(row.folder / "per_image.csv", newline="") as f:
+            records = list(csv.DictReader(f))
+        return {r["file_name"]: np.array([[int(r[f"{k}[{n}]"]) for k in ("tp", "fp", "fn")] for n in names])
+                for r in records}
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def intervals(rows: list[Row], group: str | None = None) -> list[tuple[str, str]]:
+    """Per row: its pooled Dice's 95% bootstrap interval, and its pooled Dice minus the
+    first row's on the same images with a paired 95% interval ("n/a" where the rows were
+    scored on different data or lack per-image counts). Both resample the same units:
+    images, or patients with `group`. A paired interval that excludes 0 is a difference
+    that resampling does not undo; each row's own interval is wider, because image
+    difficulty, which both rows share, cancels only in the pairing."""
+    counts = [image_counts(r) for r in rows]
+    out = []
+    for i, (r, c) in enumerate(zip(rows, counts)):
+        if c is None:
+            ci = (r.metrics.get("ci95") or {}).get("dice_pooled_mean")  # evaluate's own, by image
+        else:
+            files = sorted(c)
+            ci = bootstrap_dice(np.stack([c[f] for f in files]), list(r.metrics["per_class"]),
+                                group_keys(files, group))["dice_pooled_mean"]
+        own = "n/a" if not ci else f"{ci[0]:.3f}-{ci[1]:.3f}"
+        first = counts[0]
+        if i == 0:
+            versus = "(reference)"
+        elif first is None or c is None or set(first) != set(c) or \
+                any(r.metrics.get(k) != rows[0].metrics.get(k) for k in ("dataset", "split", "mode")) or \
+                list(r.metrics["per_class"]) != list(rows[0].metrics["per_class"]):
+            versus = "n/a"
+        else:
+            files = sorted(first)
+            d = paired_difference(np.stack([first[f] for f in files]), np.stack([c[f] for f in files]),
+                                  group_keys(files, group))
+            versus = f"{d['difference']:+.3f}" + ("" if d["ci95"] is None else
+                                                   f" [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]")
+        out.append((own, versus))
+    return out
 
 
 def describe_recipe(train_config: dict | None) -> str:
@@ -84,15 +137,15 @@ def _fmt(v, digits: int = 3) -> str:
     return str(v)
 
 
-def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
+def table(rows: list[Row], group: str | None = None) -> tuple[list[str], list[list[str]]]:
     classes: list[str] = []
     for r in rows:
         classes += [c for c in r.metrics["per_class"] if c not in classes]
     header = ["run", "recipe", "parameters", "epochs", "train min", "best val Dice", "split",
-              "Dice pooled", "Dice per image", "paper-style Dice", "IoU", "HD95 px",
-              "sensitivity", "specificity"] + [f"Dice {c}" for c in classes]
+              "Dice pooled", "95% CI", "vs first [95% CI]", "Dice per image", "paper-style Dice", "IoU",
+              "HD95 px", "sensitivity", "specificity"] + [f"Dice {c}" for c in classes]
     body = []
-    for r in rows:
+    for r, (own, versus) in zip(rows, intervals(rows, group)):
         s, m = r.summary, r.metrics
         det = m.get("detection") or {}
         minutes = s.get("train_seconds")
@@ -100,7 +153,8 @@ def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
         body.append([r.name, describe_recipe(s.get("train_config")), _fmt(s.get("parameters")),
                      _fmt(s.get("epochs_run")), _fmt(None if minutes is None else minutes / 60, 1), _fmt(val),
                      f"{m.get('split', '?')}{' +TTA' if m.get('tta') else ''}",
-                     _fmt(m.get("dice_pooled_mean")), _fmt(m.get("dice_per_image")),
+                     _fmt(m.get("dice_pooled_mean")), own, versus,
+                     _fmt(m.get("dice_per_image")),
                      _fmt(m.get("dice_paper_style")), _fmt(m.get("iou_pooled_mean")),
                      _fmt(m.get("hd95_px_mean"), 1), _fmt(det.get("sensitivity")), _fmt(det.get("specificity"))]
                     + [_fmt((m["per_class"].get(c) or {}).get("dice")) if c in m["per_class"] else "-"

@@ -21,7 +21,7 @@ from hemoseg.data.images import load_display
 from hemoseg.data.preprocessing import describe_windows
 from hemoseg.data.rasterize import rasterize
 from hemoseg.errors import HemosegError
-from hemoseg.evaluation.metrics import confusion, hd95, summarize
+from hemoseg.evaluation.metrics import bootstrap_dice, confusion, group_keys, hd95, summarize
 from hemoseg.inference.predictor import Predictor, check_compatible
 from hemoseg.models.heads import labels_from_probabilities
 from hemoseg.training.losses import SegmentationLoss
@@ -32,7 +32,10 @@ def _onehot(labels: np.ndarray, k: int) -> np.ndarray:
 
 
 def evaluate(run: Path, dataset: Path, split: str, out: Path, backend: str = "torch",
-             pixel_spacing: float | None = None, overlays: int = 4, quiet: bool = False, tta: bool = False) -> dict:
+             pixel_spacing: float | None = None, overlays: int = 4, quiet: bool = False, tta: bool = False,
+             group: str | None = None) -> dict:
+    """Score RUN on one split. `group`: a regular expression that picks the patient out of
+    a file name, so the confidence intervals resample patients rather than slices."""
     pred = Predictor.from_run(run, backend)
     ds = load_dataset(dataset)
     if split not in ds.splits:
@@ -43,6 +46,9 @@ def evaluate(run: Path, dataset: Path, split: str, out: Path, backend: str = "to
         raise HemosegError(f"the model reads windows {describe_windows(pred.preprocessing.windows)}, but this "
                            f"split's images carry {describe_windows(sp.windows)}", sp.json_path)
     classes = sp.classes
+    # Checked before the slow part: a pattern that misses a file is a typo, not a result.
+    group_of = None if not group else dict(zip((r.file_name for r in sp.images),
+                                               group_keys([r.file_name for r in sp.images], group)))
     k, mode, prep = len(classes), pred.mode, pred.preprocessing
     loss_fn = SegmentationLoss(mode, k)
     rows, counts, losses, cases = [], [], [], []
@@ -82,6 +88,7 @@ def evaluate(run: Path, dataset: Path, split: str, out: Path, backend: str = "to
         img_dice = []
         for c, name in enumerate(names):
             tp, fp, fn = counts[-1][c]
+            row[f"tp[{name}]"], row[f"fp[{name}]"], row[f"fn[{name}]"] = int(tp), int(fp), int(fn)
             d = None if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
             row[f"dice[{name}]"] = None if d is None else round(float(d), 5)
             h = hd95(p_onehot[c], gt[c])
@@ -100,6 +107,9 @@ def evaluate(run: Path, dataset: Path, split: str, out: Path, backend: str = "to
         raise HemosegError(f"no usable images in split '{split}'", sp.json_path)
     names = ["lesion"] if mode == "binary" else list(classes.names)
     metrics = summarize(np.stack(counts), names)
+    metrics["ci95"] = bootstrap_dice(np.stack(counts), names,
+                                     None if group_of is None else [group_of[r["file_name"]] for r in rows])
+    metrics["ci95"]["group"] = group
     hd_px = [r[f"hd95_px[{n}]"] for r in rows for n in names if r[f"hd95_px[{n}]"] is not None]
     metrics.update({
         "loss": float(np.mean(losses)),

@@ -16,9 +16,12 @@ Definitions (see docs/metrics.md):
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
+
+from hemoseg.errors import HemosegError
 
 from hemoseg.models.heads import channel_argmax, probabilities
 
@@ -144,3 +147,90 @@ def hd95(pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, float] = (1.0, 
     dt_p = ndimage.distance_transform_edt(~bp, sampling=spacing)
     d = np.concatenate([dt_g[bp], dt_p[bg]])
     return float(np.percentile(d, 95))
+
+
+# --------------------------------------------------------------------------
+# uncertainty: bootstrap over images (or patients)
+# --------------------------------------------------------------------------
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def _pooled_dice_rows(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """sums (B, K, 3) of TP/FP/FN -> (per-class pooled Dice (B, K), their mean over the
+    classes present in each resample (B,)), with the rules of `summarize`."""
+    tp, fp, fn = sums[..., 0], sums[..., 1], sums[..., 2]
+    dice = _ratio(2 * tp, 2 * tp + fp + fn)
+    with warnings.catch_warnings():  # a resample where no class is present: NaN, dropped later
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(dice, axis=1)
+    return dice, mean
+
+
+def _resample_weights(groups: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """(n, N) multiplicity of each image in each resample. Images are drawn by group:
+    slices of one patient are not independent, so a patient-level interval resamples
+    patients and keeps each one's slices together."""
+    rng = np.random.default_rng(seed)
+    _, idx = np.unique(groups, return_inverse=True)
+    g = idx.max() + 1
+    per_group = rng.multinomial(g, np.full(g, 1.0 / g), size=n)  # (n, G)
+    return per_group[:, idx].astype(np.float64)
+
+
+def group_keys(file_names: list[str], pattern: str | None) -> list[str] | None:
+    """One key per image from `pattern` (a regular expression searched in the file name;
+    its first group if it has one), e.g. '^(\\d+)_' for files named <patient>_<slice>.
+    None without a pattern: every image is its own unit."""
+    if not pattern:
+        return None
+    import re
+
+    try:
+        rx = re.compile(pattern)
+    except re.error as exc:
+        raise HemosegError(f"--group {pattern!r} is not a regular expression ({exc})") from None
+    keys = []
+    for name in file_names:
+        m = rx.search(name)
+        if m is None:
+            raise HemosegError(f"--group {pattern!r} does not match the file name {name!r}")
+        keys.append(m.group(1) if rx.groups else m.group(0))
+    return keys
+
+
+def bootstrap_dice(counts: np.ndarray, class_names: list[str], groups=None,
+                   n: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
+    """95% percentile intervals of the pooled Dice (mean and per class) over resampled
+    images, or over resampled groups (patients) when `groups` gives one key per image."""
+    counts = np.asarray(counts, dtype=np.float64)
+    groups = np.arange(len(counts)) if groups is None else np.asarray(groups)
+    w = _resample_weights(groups, n, seed)
+    sums = np.einsum("bn,nkc->bkc", w, counts)
+    dice, mean = _pooled_dice_rows(sums)
+
+    def interval(x):
+        x = x[np.isfinite(x)]
+        return None if not x.size else [float(np.percentile(x, 2.5)), float(np.percentile(x, 97.5))]
+
+    return {"dice_pooled_mean": interval(mean),
+            "per_class": {name: interval(dice[:, k]) for k, name in enumerate(class_names)},
+            "resamples": n, "unit": "image" if len(np.unique(groups)) == len(groups) else "group",
+            "units": int(len(np.unique(groups)))}
+
+
+def paired_difference(counts_a: np.ndarray, counts_b: np.ndarray, groups=None,
+                      n: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
+    """Pooled Dice (mean over classes) of b minus a on the same images, with a 95% paired
+    bootstrap interval: both runs are scored on each resample, so image difficulty,
+    which they share, cancels out."""
+    a, b = np.asarray(counts_a, np.float64), np.asarray(counts_b, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"count arrays differ in shape: {a.shape} and {b.shape}")
+    groups = np.arange(len(a)) if groups is None else np.asarray(groups)
+    w = _resample_weights(groups, n, seed)
+    _, ma = _pooled_dice_rows(np.einsum("bn,nkc->bkc", w, a))
+    _, mb = _pooled_dice_rows(np.einsum("bn,nkc->bkc", w, b))
+    d = (mb - ma)[np.isfinite(mb - ma)]
+    point = _pooled_dice_rows(b.sum(0)[None])[1][0] - _pooled_dice_rows(a.sum(0)[None])[1][0]
+    return {"difference": float(point),
+            "ci95": None if not d.size else [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))]}
