@@ -121,3 +121,17 @@ def test_intervals_and_the_paired_difference(runs, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "does not match the file name" in err
     assert not (tmp_path / "e").exists()
+
+
+def test_binary_and_multiclass_pair_up_on_a_one_class_dataset(runs, tmp_path, capsys):
+    """The paper's binary head against the default softmax on one class: the same mask,
+    so compare pairs them instead of calling them incomparable."""
+    data, gated, _ = runs
+    binary = tmp_path / "binary"
+    assert main(["train", str(data), "--out", str(binary), "--mode", "binary", *TINY]) == 0
+    assert main(["evaluate", str(binary), str(data), "--split", "test", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(binary), str(gated), "--csv", str(tmp_path / "t.csv")]) == 0
+    assert capsys.readouterr().err == ""
+    versus = list(csv.DictReader(open(tmp_path / "t.csv")))[1]["vs first [95% CI]"]
+    assert versus != "n/a" and versus.count("[") == 1

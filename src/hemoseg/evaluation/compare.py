@@ -71,7 +71,7 @@ def load_row(path: Path, split: str) -> Row:
 def image_counts(row: Row) -> dict[str, np.ndarray] | None:
     """{file name: (K, 3) TP/FP/FN} from the row's per_image.csv; None for evaluations
     written before the counts were kept there."""
-    names = ["lesion"] if row.metrics.get("mode") == "binary" else list(row.metrics["per_class"])
+    names = list(row.metrics["per_class"])  # binary mode's one class is "lesion", as in the CSV
     try:
         with open(row.folder / "per_image.csv", newline="") as f:
             records = list(csv.DictReader(f))
@@ -101,9 +101,7 @@ def intervals(rows: list[Row], group: str | None = None) -> list[tuple[str, str]
         first = counts[0]
         if i == 0:
             versus = "(reference)"
-        elif first is None or c is None or set(first) != set(c) or \
-                any(r.metrics.get(k) != rows[0].metrics.get(k) for k in ("dataset", "split", "mode")) or \
-                list(r.metrics["per_class"]) != list(rows[0].metrics["per_class"]):
+        elif first is None or c is None or set(first) != set(c) or not _same_target(rows[0], r):
             versus = "n/a"
         else:
             files = sorted(first)
@@ -162,10 +160,29 @@ def table(rows: list[Row], group: str | None = None) -> tuple[list[str], list[li
     return header, body
 
 
+def _single_class(rows: list[Row]) -> bool:
+    return all(len(r.metrics["per_class"]) == 1 for r in rows)
+
+
+def _same_target(a: Row, b: Row) -> bool:
+    """Scored on the same images against the same foreground: one dataset and split, and
+    the same classes and mode, or one class each. On a one-class dataset the paper's
+    binary "lesion" and the default preset's one softmax class are the same mask, so
+    paper against default is a fair pair there."""
+    if any(a.metrics.get(k) != b.metrics.get(k) for k in ("dataset", "split")):
+        return False
+    if _single_class([a, b]):
+        return True
+    return (a.metrics.get("mode") == b.metrics.get("mode")
+            and list(a.metrics["per_class"]) == list(b.metrics["per_class"]))
+
+
 def mismatches(rows: list[Row]) -> list[str]:
     """Why two rows may not be comparable, one line each."""
     notes = []
     for key in _SCORED_ON:
+        if key == "mode" and _single_class(rows):
+            continue  # one class: binary and multiclass score the same mask
         values = {json.dumps(r.metrics.get(key)) for r in rows}
         if len(values) > 1:
             notes.append(f"rows differ in {key} ({', '.join(sorted(values))}): their scores are not comparable")
