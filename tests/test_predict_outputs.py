@@ -430,3 +430,21 @@ def test_predict_process_leaves_early_with_every_output_written(tmp_path):
     if rep["files"]["dicom_seg"]:
         assert (out / "s1" / "seg.dcm").stat().st_size > 0
     assert nib.load(str(out / "s1" / "labels.nii.gz")).shape[2] == 6
+
+
+def test_uneven_slices_weigh_by_their_own_extent(tmp_path, capsys, fake, run_dir):
+    """A series with one slice missing (positions 0, 2.5, 5, 10, 12.5, 15 mm): each slice
+    stands for the head halfway to its neighbours, so the two beside the gap count 3.75 mm
+    each. The median spacing (2.5 mm) would lose a third of the blob on slices 1-3."""
+    positions = [np.array([-16.0, -16.0, z]) for z in (0.0, 2.5, 5.0, 10.0, 12.5, 15.0)]
+    write_ct_series(tmp_path / "gap", ct_volume(), positions=positions)
+    rc, _, err = predict(capsys, run_dir, tmp_path / "gap", "--out", tmp_path / "out")
+    assert rc == 0, err
+    rep = json.loads((tmp_path / "out" / "gap" / "report.json").read_text())
+    iph = rep["classes"][0]
+    area_mm2 = 120 * 0.5 * 0.5  # the blob's cross-section on each of slices 1, 2 and 3
+    assert iph["volume_ml"] == pytest.approx(area_mm2 * (2.5 + 3.75 + 3.75) / 1000)
+    assert rep["total"]["volume_ml"] == pytest.approx(iph["volume_ml"])  # the only class found
+    assert iph["abc2"]["c_mm"] == pytest.approx(10.0)
+    assert any(w.startswith("uneven slice spacing (2.5 to 5 mm") and "halfway to its neighbours" in w
+               for w in rep["warnings"])

@@ -111,7 +111,7 @@ def write_study(study: Study, labels: np.ndarray, class_names: list[str], prepro
                 files["dicom_seg"] = "seg.dcm"
             else:
                 warnings.append("DICOM SEG not written: no hemorrhage found, nothing to encode")
-    m = measure(labels[(slice(None), *_lesion_box(labels))], study.spacing, class_names)
+    m = measure(labels[(slice(None), *_lesion_box(labels))], study.spacing, class_names, study.slice_mm)
     n = len(class_names)
     per_slice = [[k for k, c in enumerate(np.bincount(labels[z].ravel(), minlength=n + 1)) if k and c]
                  if labels[z].any() else [] for z in range(labels.shape[0])]

@@ -515,7 +515,7 @@ def read_dicom_series(paths, name: str | None = None, origin: Path | None = None
         stored = stored.reshape(frames[0], *shape)
         images = [(mf_path.with_name(f"{mf_path.name} frame {i + 1}"), h)
                   for i, h in enumerate(_frame_headers(mf_ds, mf_path))]
-    order, slice_spacing, affine, ordering_warn = _order_slices(images, origin)
+    order, slice_spacing, affine, ordering_warn, slice_mm = _order_slices(images, origin)
     if ordering_warn:
         warnings.append(ordering_warn)
     images = [images[i] for i in order]
@@ -547,6 +547,7 @@ def read_dicom_series(paths, name: str | None = None, origin: Path | None = None
         dicom=[mf_ds] * len(images) if multiframe else [ds for _, ds in images],
         dicom_frames=list(order) if multiframe else None, affine=affine,
         slice_sources=[p.name for p, _ in images], warnings=warnings,
+        slice_mm=slice_mm if spacing is not None else None,
     )
 
 
@@ -578,9 +579,10 @@ def _sop_name(ds) -> str:
 def _order_slices(images, origin):
     """Sort along the slice normal; fall back to InstanceNumber, then names.
 
-    Returns (order, slice_spacing_mm | None, affine_factory | None, warning).
-    Spacing from positions is the distance along the normal, which is what a
-    voxel's volume needs even with gantry tilt."""
+    Returns (order, slice_spacing_mm | None, affine_factory | None, warning,
+    per-slice extents in mm where the spacing is uneven, else None). Spacing from
+    positions is the distance along the normal, which is what a voxel's volume needs
+    even with gantry tilt."""
     n = len(images)
     dss = [ds for _, ds in images]
     iops = [_float_list(ds, "ImageOrientationPatient", 6) for ds in dss]
@@ -606,11 +608,15 @@ def _order_slices(images, origin):
             a, b = images[order[i]][0].name, images[order[i + 1]][0].name
             raise HemosegError(f"two slices at the same position ({a} and {b}); the folder "
                                "mixes acquisitions or holds duplicates", origin)
+        extents = None
         if n > 1:
             spacing = float(np.median(diffs))
             if np.max(diffs) - np.min(diffs) > 0.1 * spacing:
                 warning = (f"uneven slice spacing ({np.min(diffs):.3g} to {np.max(diffs):.3g} mm, "
-                           "missing slices?); volumes use the median spacing")
+                           "missing slices?); volumes weigh each slice by the distance halfway to its "
+                           "neighbours; the NIfTI output, which needs one spacing, uses the mean")
+                gaps = np.concatenate([diffs[:1], diffs, diffs[-1:]])
+                extents = (gaps[:-1] + gaps[1:]) / 2.0
         else:
             spacing = _positive(dss[0], "SliceThickness") or _positive(dss[0], "SpacingBetweenSlices")
         first = np.array(ipps[order[0]])
@@ -627,7 +633,7 @@ def _order_slices(images, origin):
             lps[:3, 3] = first
             return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # LPS -> RAS
 
-        return order, spacing, (affine if spacing else None), warning
+        return order, spacing, (affine if spacing else None), warning, extents
 
     def thickness(ds):
         if n > 1:
@@ -644,7 +650,7 @@ def _order_slices(images, origin):
         if n > 1:
             warning = ("no slice positions or unique InstanceNumbers in the DICOM headers: "
                        "slices ordered by file name")
-    return order, thickness(dss[0]), None, warning
+    return order, thickness(dss[0]), None, warning, None
 
 
 # --------------------------------------------------------------------------

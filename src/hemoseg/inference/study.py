@@ -45,6 +45,11 @@ class Study:
     """Per-slice provenance shown in the report (file name, or "volume[k]")."""
     warnings: list[str] = field(default_factory=list)
     """Things the reader tolerated but the user should know about."""
+    slice_mm: np.ndarray | None = None
+    """Where slices are unevenly spaced (a missing slice, or thicker slices through the
+    posterior fossa than above it): how much of the head each slice stands for along the
+    slice normal, halfway to each neighbour (the end slices: as far again as their one
+    neighbour). Volumes weigh each slice by it. None where `spacing[0]` holds for all."""
 
     def __post_init__(self):
         if self.pixels.ndim != 3:

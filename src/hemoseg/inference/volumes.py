@@ -17,7 +17,8 @@ volume so research teams can compare the two. Exact definition used here:
   wide is one pixel across, not zero) in mm using the row/column spacing.
 * B: the largest diameter perpendicular to A on the same slice: the width of
   the cross-section between the two lines parallel to A that enclose it.
-* C: the number of slices on which the lesion appears times the slice spacing.
+* C: the number of slices on which the lesion appears times the slice spacing (where
+  slices are unevenly spaced, the sum of those slices' own extents).
 * ABC/2 volume = A * B * C / 2 (mm^3), reported in mL.
 """
 
@@ -145,14 +146,19 @@ def _components_in_box(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return dense.astype(np.int32)[labels], len(kept) - 1
 
 
-def measure(labels: np.ndarray, spacing, class_names: list[str]) -> StudyMeasurements:
-    """Measure every class of a (Z,H,W) label volume (label k+1 = class_names[k])."""
+def measure(labels: np.ndarray, spacing, class_names: list[str], slice_mm=None) -> StudyMeasurements:
+    """Measure every class of a (Z,H,W) label volume (label k+1 = class_names[k]).
+    `slice_mm`: each slice's own extent where slices are unevenly spaced (Study.slice_mm);
+    volumes and ABC/2's C then sum it instead of counting slices of `spacing[0]`."""
     labels = np.asarray(labels)
     if labels.ndim != 3:
         raise ValueError(f"labels must be (Z,H,W), got {labels.shape}")
     sp = tuple(float(s) for s in spacing) if spacing is not None else None
     voxel_ml = float(np.prod(sp)) / 1000.0 if sp else None
     pixel_mm2 = sp[1] * sp[2] if sp else None
+    if sp:  # mL per voxel on each slice
+        slice_ml = (np.full(labels.shape[0], sp[0]) if slice_mm is None
+                    else np.asarray(slice_mm, np.float64)) * pixel_mm2 / 1000.0
     classes = []
     for k, name in enumerate(class_names, start=1):
         mask = labels == k
@@ -165,7 +171,7 @@ def measure(labels: np.ndarray, spacing, class_names: list[str]) -> StudyMeasure
             z, ncomp = None, 0
         m = ClassMeasurement(
             name=name, label=k, voxels=voxels,
-            volume_ml=voxels * voxel_ml if sp else None,
+            volume_ml=float(per_slice @ slice_ml) if sp else None,
             volume_note=None if sp else NO_SPACING,
             slices_involved=int((per_slice > 0).sum()),
             max_area=float(per_slice.max() * pixel_mm2) if sp else float(per_slice.max()),
@@ -178,18 +184,19 @@ def measure(labels: np.ndarray, spacing, class_names: list[str]) -> StudyMeasure
             elif not voxels:
                 m.abc2_note = "no lesion"
             else:
-                m.abc2 = abc2(comps, ncomp, sp)
+                m.abc2 = abc2(comps, ncomp, sp, slice_mm)
         classes.append(m)
     total = int(sum(c.voxels for c in classes))
     return StudyMeasurements(
         spacing_mm=sp, voxel_volume_ml=voxel_ml, classes=classes, total_voxels=total,
-        total_volume_ml=total * voxel_ml if sp else None,
+        total_volume_ml=float(sum(c.volume_ml for c in classes)) if sp else None,
     )
 
 
-def abc2(comps: np.ndarray, n: int, spacing) -> ABC2 | None:
+def abc2(comps: np.ndarray, n: int, spacing, slice_mm=None) -> ABC2 | None:
     """ABC/2 of the largest of the `n` connected lesions labelled 1..n in `comps` (Z,H,W),
-    as components_3d gives them (measure has already labelled the class)."""
+    as components_3d gives them (measure has already labelled the class). C sums the
+    lesion's slices' extents where they differ (`slice_mm`)."""
     if n == 0:
         return None
     sizes = np.bincount(comps.ravel())[1:]
@@ -198,7 +205,7 @@ def abc2(comps: np.ndarray, n: int, spacing) -> ABC2 | None:
     z = int(np.argmax(areas))
     a_mm, b_mm = diameters(lesion[z], spacing[1], spacing[2])
     nslices = int((areas > 0).sum())
-    c_mm = nslices * float(spacing[0])
+    c_mm = nslices * float(spacing[0]) if slice_mm is None else float(np.asarray(slice_mm)[areas > 0].sum())
     return ABC2(volume_ml=a_mm * b_mm * c_mm / 2.0 / 1000.0, a_mm=a_mm, b_mm=b_mm, c_mm=c_mm,
                 slice_index=z, lesion_slices=nslices)
 
