@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import shutil
 import time
 
 import numpy as np
@@ -341,3 +342,19 @@ def test_flat_export_of_several_series_asks_which(client, synth, tmp_path):
     assert st["status"] == "done", st
     rep = client.get(f"/api/jobs/{st['id']}/report").json()
     assert rep["dicom_ids"]["SeriesInstanceUID"] == brain.SeriesInstanceUID
+    # the scout in a folder of its own is never a choice: with one axial series left, no question
+    from pydicom.uid import generate_uid
+
+    shutil.rmtree(cd / "DICOM" / "SE1")
+    scout = pydicom.dcmread(next(synth["folder"].iterdir()))
+    scout.SeriesInstanceUID, scout.SeriesNumber = generate_uid(), 1
+    scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    scout.SOPInstanceUID = scout.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    (cd / "DICOM" / "SE9").mkdir()
+    scout.save_as(cd / "DICOM" / "SE9" / "IM0")
+    r = client.post("/api/jobs", files=[("files", ("cd.zip", zip_folder(cd), "application/zip"))])
+    assert r.status_code == 202, r.text
+    st = wait_done(client, r.json()["id"])
+    rep = client.get(f"/api/jobs/{st['id']}/report").json()
+    assert rep["dicom_ids"]["SeriesInstanceUID"] == brain.SeriesInstanceUID
+    assert "the upload holds one image series; localizer series 1 left out" in rep["warnings"]

@@ -263,22 +263,25 @@ def split_series(item: StudyInput) -> list[StudyInput]:
     return out
 
 
-def series_label(item: StudyInput) -> tuple[str | None, str]:
-    """(SeriesNumber, SeriesDescription) of a DICOM input, to tell a person which series it
-    is; from its split if it was split out of a flat folder, else from its first readable
-    header. (None, "") when no header says."""
+def series_label(item: StudyInput) -> tuple[str | None, str, bool]:
+    """(SeriesNumber, SeriesDescription, is a localizer) of a DICOM input, to tell a person
+    which series it is: from its split if it was split out of a flat folder (which leaves
+    localizers out), else from its first readable header. (None, "", False) when no header
+    says."""
     if item.series is not None or item.kind != "dicom":
-        return item.series, item.description
+        return item.series, item.description, False
     import pydicom
 
     for p in item.paths[:3]:
         try:
-            ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SeriesNumber", "SeriesDescription"])
+            ds = pydicom.dcmread(p, stop_before_pixels=True,
+                                 specific_tags=["SeriesNumber", "SeriesDescription", "ImageType"])
         except Exception:  # the reader names an unreadable file when the series is read
             continue
         number = ds.get("SeriesNumber")
-        return (None if number is None else str(number)), str(ds.get("SeriesDescription", "") or "").strip()
-    return None, ""
+        return ((None if number is None else str(number)), str(ds.get("SeriesDescription", "") or "").strip(),
+                _is_localizer(ds))
+    return None, "", False
 
 
 def read_path(path) -> list[Study]:

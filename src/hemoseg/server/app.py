@@ -408,10 +408,19 @@ def create_app(predictor, settings: ServerSettings | None = None, *, work_dir: s
         from hemoseg.inference.readers import series_label
 
         labels = [series_label(i) for i in items]
-        numbers = [n for n, _ in labels]
+        scouts = [lab[0] or i.name for i, lab in zip(items, labels) if lab[2]]
+        left_out = ""
+        if scouts and len(scouts) < len(items):  # a CD export keeps the scout in a folder of its own
+            items, labels = zip(*[(i, lab) for i, lab in zip(items, labels) if not lab[2]])
+            left_out = f"; localizer series {', '.join(scouts)} left out"
+        numbers = [n for n, _, _ in labels]
         keys = numbers if None not in numbers and len(set(numbers)) == len(numbers) else [i.name for i in items]
         choices = [{"series": k, "description": d, "images": len(i.paths)}
-                   for k, (_, d), i in zip(keys, labels, items)]
+                   for k, (_, d, _), i in zip(keys, labels, items)]
+        if len(items) == 1 and left_out:
+            items[0].notes = [f"the upload holds one image series{left_out}"]
+        if len(items) == 1 and series is None:
+            return items[0]
         listing = ", ".join(f"series {c['series']}" + (f" ({c['description']})" if c["description"] else "")
                             for c in choices)
         if series is None:
@@ -424,7 +433,7 @@ def create_app(predictor, settings: ServerSettings | None = None, *, work_dir: s
         if len(items) > 1:  # a choice that matched the only series needs no note
             others = ", ".join(k for k in keys if k != series)
             item.notes = [f"the upload holds {len(items)} image series; series {series} was segmented "
-                          f"(not {others})"]
+                          f"(not {others}){left_out}"]
         return item
 
     # ---- routes -------------------------------------------------------
