@@ -60,3 +60,20 @@ def test_group_pattern_errors_are_one_line():
         group_keys(["0016_15.jpg", "scan.jpg"], r"^(\d+)_")
     with pytest.raises(HemosegError, match="is not a regular expression"):
         group_keys(["a"], "(")
+
+
+def test_detection_intervals():
+    """Any-lesion sensitivity and specificity get intervals too; a split without
+    lesion-free images has no specificity to bound."""
+    c = _counts(40, seed=3)
+    c[:10] = 0  # ten lesion-free images without a prediction: true negatives
+    c[10:14, :, 0] = 0
+    c[10:14, :, 2] = 0  # four lesion-free images with false positives
+    c[14:18, :, 0] = 0
+    c[14:18, :, 1] = 0  # four lesions missed entirely
+    point = summarize(c, ["a", "b"])["detection"]
+    ci = bootstrap_dice(c, ["a", "b"])["detection"]
+    for key in ("sensitivity", "specificity"):
+        assert ci[key][0] <= point[key] <= ci[key][1] and ci[key][0] < ci[key][1]
+    assert point["specificity"] == pytest.approx(10 / 14) and point["sensitivity"] == pytest.approx(22 / 26)
+    assert bootstrap_dice(_counts(20), ["a", "b"])["detection"]["specificity"] is None

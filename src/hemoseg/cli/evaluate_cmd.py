@@ -39,10 +39,11 @@ def run(args) -> int:
     for name, c in m["per_class"].items():
         print(f"  {name:32s} Dice {fmt(c['dice'])}{span(ci['per_class'][name])}  IoU {fmt(c['iou'])}  "
               f"P {fmt(c['precision'])}  R {fmt(c['recall'])}  images {c['images_with_class']}")
+    d = m["detection"]
+    print(f"  any-lesion detection: sensitivity {fmt(d['sensitivity'])}{span(ci['detection']['sensitivity'])} "
+          f"specificity {fmt(d['specificity'])}{span(ci['detection']['specificity'])}")
     print(f"  [95% bootstrap intervals over {ci['units']} {'images' if ci['unit'] == 'image' else 'groups'}"
           f"{'' if ci['unit'] == 'image' else ' (--group)'}; docs/metrics.md]")
-    d = m["detection"]
-    print(f"  any-lesion detection: sensitivity {fmt(d['sensitivity'])} specificity {fmt(d['specificity'])}")
     if m["skipped"]:
         print(f"  {len(m['skipped'])} items skipped: see {out / 'metrics.json'}")
     print(f"wrote {out}/metrics.json, per_image.csv" + (", best_cases.png, worst_cases.png" if (out / "best_cases.png").exists() else ""))

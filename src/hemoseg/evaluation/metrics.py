@@ -200,13 +200,18 @@ def group_keys(file_names: list[str], pattern: str | None) -> list[str] | None:
 
 def bootstrap_dice(counts: np.ndarray, class_names: list[str], groups=None,
                    n: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
-    """95% percentile intervals of the pooled Dice (mean and per class) over resampled
-    images, or over resampled groups (patients) when `groups` gives one key per image."""
+    """95% percentile intervals of the pooled Dice (mean and per class) and of any-lesion
+    sensitivity and specificity, over resampled images, or over resampled groups
+    (patients) when `groups` gives one key per image."""
     counts = np.asarray(counts, dtype=np.float64)
     groups = np.arange(len(counts)) if groups is None else np.asarray(groups)
     w = _resample_weights(groups, n, seed)
     sums = np.einsum("bn,nkc->bkc", w, counts)
     dice, mean = _pooled_dice_rows(sums)
+    gt_any = (counts[..., 0] + counts[..., 2]).sum(1) > 0  # as in `summarize`
+    pred_any = (counts[..., 0] + counts[..., 1]).sum(1) > 0
+    sensitivity = _ratio(w @ (gt_any & pred_any), w @ gt_any)
+    specificity = _ratio(w @ (~gt_any & ~pred_any), w @ ~gt_any)
 
     def interval(x):
         x = x[np.isfinite(x)]
@@ -214,6 +219,7 @@ def bootstrap_dice(counts: np.ndarray, class_names: list[str], groups=None,
 
     return {"dice_pooled_mean": interval(mean),
             "per_class": {name: interval(dice[:, k]) for k, name in enumerate(class_names)},
+            "detection": {"sensitivity": interval(sensitivity), "specificity": interval(specificity)},
             "resamples": n, "unit": "image" if len(np.unique(groups)) == len(groups) else "group",
             "units": int(len(np.unique(groups)))}
 
