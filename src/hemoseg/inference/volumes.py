@@ -156,9 +156,9 @@ def measure(labels: np.ndarray, spacing, class_names: list[str], slice_mm=None) 
     sp = tuple(float(s) for s in spacing) if spacing is not None else None
     voxel_ml = float(np.prod(sp)) / 1000.0 if sp else None
     pixel_mm2 = sp[1] * sp[2] if sp else None
-    if sp:  # mL per voxel on each slice
-        slice_ml = (np.full(labels.shape[0], sp[0]) if slice_mm is None
-                    else np.asarray(slice_mm, np.float64)) * pixel_mm2 / 1000.0
+    if sp:  # each slice's extent along the normal, and so the mL of one of its voxels
+        extents = np.full(labels.shape[0], sp[0]) if slice_mm is None else np.asarray(slice_mm, np.float64)
+        slice_ml = extents * pixel_mm2 / 1000.0
     classes = []
     for k, name in enumerate(class_names, start=1):
         mask = labels == k
@@ -184,7 +184,7 @@ def measure(labels: np.ndarray, spacing, class_names: list[str], slice_mm=None) 
             elif not voxels:
                 m.abc2_note = "no lesion"
             else:
-                m.abc2 = abc2(comps, ncomp, sp, slice_mm)
+                m.abc2 = abc2(comps, ncomp, sp, extents)
         classes.append(m)
     total = int(sum(c.voxels for c in classes))
     return StudyMeasurements(
@@ -193,10 +193,10 @@ def measure(labels: np.ndarray, spacing, class_names: list[str], slice_mm=None) 
     )
 
 
-def abc2(comps: np.ndarray, n: int, spacing, slice_mm=None) -> ABC2 | None:
+def abc2(comps: np.ndarray, n: int, spacing, extents: np.ndarray) -> ABC2 | None:
     """ABC/2 of the largest of the `n` connected lesions labelled 1..n in `comps` (Z,H,W),
     as components_3d gives them (measure has already labelled the class). C sums the
-    lesion's slices' extents where they differ (`slice_mm`)."""
+    extents (mm along the slice normal) of the lesion's slices."""
     if n == 0:
         return None
     sizes = np.bincount(comps.ravel())[1:]
@@ -205,7 +205,7 @@ def abc2(comps: np.ndarray, n: int, spacing, slice_mm=None) -> ABC2 | None:
     z = int(np.argmax(areas))
     a_mm, b_mm = diameters(lesion[z], spacing[1], spacing[2])
     nslices = int((areas > 0).sum())
-    c_mm = nslices * float(spacing[0]) if slice_mm is None else float(np.asarray(slice_mm)[areas > 0].sum())
+    c_mm = float(extents[areas > 0].sum())
     return ABC2(volume_ml=a_mm * b_mm * c_mm / 2.0 / 1000.0, a_mm=a_mm, b_mm=b_mm, c_mm=c_mm,
                 slice_index=z, lesion_slices=nslices)
 
