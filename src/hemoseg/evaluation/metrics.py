@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from hemoseg.errors import HemosegError
-
 from hemoseg.models.heads import channel_argmax, probabilities
 
 
@@ -198,30 +197,35 @@ def group_keys(file_names: list[str], pattern: str | None) -> list[str] | None:
     return keys
 
 
+def _resampled_sums(counts: np.ndarray, groups, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(resample weights (n, N), TP/FP/FN summed per resample (n, K, 3))."""
+    w = _resample_weights(np.arange(len(counts)) if groups is None else np.asarray(groups), n, seed)
+    return w, np.einsum("bn,nkc->bkc", w, counts)
+
+
+def _interval(x: np.ndarray) -> list[float] | None:
+    """2.5th and 97.5th percentiles of the finite resampled values."""
+    x = x[np.isfinite(x)]
+    return None if not x.size else [float(np.percentile(x, 2.5)), float(np.percentile(x, 97.5))]
+
+
 def bootstrap_dice(counts: np.ndarray, class_names: list[str], groups=None,
                    n: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
     """95% percentile intervals of the pooled Dice (mean and per class) and of any-lesion
     sensitivity and specificity, over resampled images, or over resampled groups
     (patients) when `groups` gives one key per image."""
     counts = np.asarray(counts, dtype=np.float64)
-    groups = np.arange(len(counts)) if groups is None else np.asarray(groups)
-    w = _resample_weights(groups, n, seed)
-    sums = np.einsum("bn,nkc->bkc", w, counts)
+    w, sums = _resampled_sums(counts, groups, n, seed)
     dice, mean = _pooled_dice_rows(sums)
     gt_any = (counts[..., 0] + counts[..., 2]).sum(1) > 0  # as in `summarize`
     pred_any = (counts[..., 0] + counts[..., 1]).sum(1) > 0
     sensitivity = _ratio(w @ (gt_any & pred_any), w @ gt_any)
     specificity = _ratio(w @ (~gt_any & ~pred_any), w @ ~gt_any)
-
-    def interval(x):
-        x = x[np.isfinite(x)]
-        return None if not x.size else [float(np.percentile(x, 2.5)), float(np.percentile(x, 97.5))]
-
-    return {"dice_pooled_mean": interval(mean),
-            "per_class": {name: interval(dice[:, k]) for k, name in enumerate(class_names)},
-            "detection": {"sensitivity": interval(sensitivity), "specificity": interval(specificity)},
-            "resamples": n, "unit": "image" if len(np.unique(groups)) == len(groups) else "group",
-            "units": int(len(np.unique(groups)))}
+    units = len(counts) if groups is None else len(set(groups))
+    return {"dice_pooled_mean": _interval(mean),
+            "per_class": {name: _interval(dice[:, k]) for k, name in enumerate(class_names)},
+            "detection": {"sensitivity": _interval(sensitivity), "specificity": _interval(specificity)},
+            "resamples": n, "unit": "image" if units == len(counts) else "group", "units": units}
 
 
 def paired_difference(counts_a: np.ndarray, counts_b: np.ndarray, groups=None,
@@ -232,11 +236,7 @@ def paired_difference(counts_a: np.ndarray, counts_b: np.ndarray, groups=None,
     a, b = np.asarray(counts_a, np.float64), np.asarray(counts_b, np.float64)
     if a.shape != b.shape:
         raise ValueError(f"count arrays differ in shape: {a.shape} and {b.shape}")
-    groups = np.arange(len(a)) if groups is None else np.asarray(groups)
-    w = _resample_weights(groups, n, seed)
-    _, ma = _pooled_dice_rows(np.einsum("bn,nkc->bkc", w, a))
-    _, mb = _pooled_dice_rows(np.einsum("bn,nkc->bkc", w, b))
-    d = (mb - ma)[np.isfinite(mb - ma)]
+    _, ma = _pooled_dice_rows(_resampled_sums(a, groups, n, seed)[1])
+    _, mb = _pooled_dice_rows(_resampled_sums(b, groups, n, seed)[1])  # same seed: the same draws
     point = _pooled_dice_rows(b.sum(0)[None])[1][0] - _pooled_dice_rows(a.sum(0)[None])[1][0]
-    return {"difference": float(point),
-            "ci95": None if not d.size else [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))]}
+    return {"difference": float(point), "ci95": _interval(mb - ma)}
