@@ -52,20 +52,20 @@ def load_row(path: Path, split: str) -> Row:
     if not path.is_dir():
         raise HemosegError("is not a run or evaluation folder", path)
     if (path / "metrics.json").is_file():
-        metrics = _read_json(path / "metrics.json")
+        folder = path
         run = path.parent if (path.parent / "summary.json").is_file() else None
     elif (path / "summary.json").is_file():
-        run, ev = path, path / f"eval-{split}" / "metrics.json"
-        if not ev.is_file():
+        run, folder = path, path / f"eval-{split}"
+        if not (folder / "metrics.json").is_file():
             raise HemosegError(f"has no eval-{split}/metrics.json (run 'hemoseg evaluate {path} DATASET "
                                f"--split {split}' first)", path)
-        metrics = _read_json(ev)
     else:
         raise HemosegError("holds neither summary.json (a run) nor metrics.json (an evaluation)", path)
+    metrics = _read_json(folder / "metrics.json")
     summary = _read_json(run / "summary.json") if run is not None else {}
     if not isinstance(metrics.get("per_class"), dict) or "dice_pooled_mean" not in metrics:
         raise HemosegError("metrics.json was not written by 'hemoseg evaluate'", path)
-    return Row(str(path), summary, metrics, path if run is None or path != run else path / f"eval-{split}")
+    return Row(str(path), summary, metrics, folder)
 
 
 def image_counts(row: Row) -> dict[str, np.ndarray] | None:
@@ -86,27 +86,26 @@ def intervals(rows: list[Row], group: str | None = None) -> list[tuple[str, str]
     first row's on the same images with a paired 95% interval ("n/a" where the rows were
     scored on different data or lack per-image counts). Both resample the same units:
     images, or patients with `group`. A paired interval that excludes 0 is a difference
-    that resampling does not undo; each row's own interval is wider, because image
-    difficulty, which both rows share, cancels only in the pairing."""
-    counts = [image_counts(r) for r in rows]
+    that resampling does not undo."""
+    stacked = []  # per row: (file names, (N, K, 3) counts, group keys), or None
+    for r in rows:
+        c = image_counts(r)
+        files = sorted(c) if c is not None else None
+        stacked.append(None if c is None else (files, np.stack([c[f] for f in files]), group_keys(files, group)))
     out = []
-    for i, (r, c) in enumerate(zip(rows, counts)):
-        if c is None:
+    for i, (r, s) in enumerate(zip(rows, stacked)):
+        if s is None:
             ci = (r.metrics.get("ci95") or {}).get("dice_pooled_mean")  # evaluate's own, by image
         else:
-            files = sorted(c)
-            ci = bootstrap_dice(np.stack([c[f] for f in files]), list(r.metrics["per_class"]),
-                                group_keys(files, group))["dice_pooled_mean"]
+            ci = bootstrap_dice(s[1], list(r.metrics["per_class"]), s[2])["dice_pooled_mean"]
         own = "n/a" if not ci else f"{ci[0]:.3f}-{ci[1]:.3f}"
-        first = counts[0]
+        first = stacked[0]
         if i == 0:
             versus = "(reference)"
-        elif first is None or c is None or set(first) != set(c) or not _same_target(rows[0], r):
+        elif first is None or s is None or first[0] != s[0] or not _same_target(rows[0], r):
             versus = "n/a"
         else:
-            files = sorted(first)
-            d = paired_difference(np.stack([first[f] for f in files]), np.stack([c[f] for f in files]),
-                                  group_keys(files, group))
+            d = paired_difference(first[1], s[1], first[2])
             versus = f"{d['difference']:+.3f}" + ("" if d["ci95"] is None else
                                                    f" [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]")
         out.append((own, versus))
